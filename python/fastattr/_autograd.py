@@ -1,0 +1,68 @@
+"""Autograd formulas of the differentiable fastattr ops. The guided ops'
+backward is the guided rule itself (that is their purpose); the rule is its own
+op, so it is not differentiated again."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _guided_relu_setup_context(ctx, inputs, output):
+    _, mode, upper = inputs
+    ctx.mode, ctx.upper = mode, upper
+    ctx.save_for_backward(output)
+
+
+def _guided_relu_backward(ctx, grad_output):
+    (result,) = ctx.saved_tensors
+    grad = torch.ops.fastattr._guided_relu_backward.default(grad_output, result, ctx.mode, ctx.upper)
+    return grad, None, None
+
+
+torch.library.register_autograd(
+    "fastattr::guided_relu", _guided_relu_backward, setup_context=_guided_relu_setup_context
+)
+
+
+def _guided_max_pool2d_setup_context(ctx, inputs, output):
+    self, kernel_size, stride, padding, dilation, _, mode = inputs
+    _, indices = output
+    ctx.input_size = self.shape
+    ctx.geometry = (kernel_size, stride, padding, dilation)
+    ctx.mode = mode
+    ctx.save_for_backward(indices)
+    ctx.mark_non_differentiable(indices)
+
+
+def _guided_max_pool2d_backward(ctx, grad_output, _grad_indices):
+    (indices,) = ctx.saved_tensors
+    kernel_size, stride, padding, dilation = ctx.geometry
+    grad = torch.ops.fastattr._guided_max_pool2d_backward.default(
+        grad_output, indices, ctx.input_size, kernel_size, stride, padding, dilation, ctx.mode
+    )
+    return grad, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "fastattr::guided_max_pool2d", _guided_max_pool2d_backward, setup_context=_guided_max_pool2d_setup_context
+)
+
+
+def _ig_path_inputs_setup_context(ctx, inputs, output):
+    self, _, alphas = inputs
+    ctx.alphas = alphas
+    ctx.batch_shape = self.shape
+
+
+def _ig_path_inputs_backward(ctx, grad_output):
+    # d out[k] / d input = alpha_k, d out[k] / d baseline = 1 - alpha_k.
+    alphas = torch.tensor(ctx.alphas, dtype=grad_output.dtype, device=grad_output.device)
+    g = grad_output.reshape(len(ctx.alphas), *ctx.batch_shape)
+    grad_input = torch.tensordot(alphas, g, dims=1)
+    grad_baseline = g.sum(0) - grad_input
+    return grad_input, grad_baseline, None
+
+
+torch.library.register_autograd(
+    "fastattr::ig_path_inputs", _ig_path_inputs_backward, setup_context=_ig_path_inputs_setup_context
+)

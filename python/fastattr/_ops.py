@@ -1,0 +1,118 @@
+"""Typed wrappers over the compiled ops in ``torch.ops.fastattr``.
+
+Importing this module loads ``fastattr._C`` (which registers the schemas and the
+CPU/CUDA kernels), then the fake kernels and autograd formulas. Each wrapper is a
+thin call of ``torch.ops.fastattr.<op>.default``; argument checks happen in the
+kernels (and in the fake kernels under tracing), so the messages are the same
+everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.fastattr.*)
+
+    _HAS_OPS = True
+    _IMPORT_ERROR: Exception | None = None
+except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+    _HAS_OPS = False
+    _IMPORT_ERROR = exc
+
+
+def has_ops() -> bool:
+    return _HAS_OPS
+
+
+def assert_has_ops() -> None:
+    if not _HAS_OPS:
+        raise RuntimeError(
+            "fastattr's compiled ops could not be loaded "
+            f"({_IMPORT_ERROR}). Reinstall with `pip install --no-build-isolation -e .` "
+            "against the torch you run with."
+        )
+
+
+def cuda_version() -> int:
+    """CUDA runtime version fastattr was built with (e.g. 13000), -1 if CPU-only."""
+    assert_has_ops()
+    return torch.ops.fastattr._cuda_version.default()
+
+
+def has_cuda_kernels() -> bool:
+    return _HAS_OPS and torch._C._dispatch_has_kernel_for_dispatch_key("fastattr::guided_relu", "CUDA")
+
+
+if _HAS_OPS:
+    from . import _autograd, _meta  # noqa: F401,E402  (order matters: after _C)
+
+
+def guided_relu(input: Tensor, mode: str = "guided", upper: float | None = None) -> Tensor:
+    """``clamp(input, 0, upper)`` (ReLU, or ReLU6 with ``upper=6``) whose gradient
+    follows ``mode``: ``"guided"`` (``g * 1[0<x<upper] * 1[g>0]``) or
+    ``"deconvnet"`` (``relu(g)``)."""
+    return torch.ops.fastattr.guided_relu.default(input, mode, upper)
+
+
+def guided_relu_backward(grad_output: Tensor, result: Tensor, mode: str = "guided",
+                         upper: float | None = None) -> Tensor:
+    """The fused backward rule of :func:`guided_relu` given the forward output."""
+    return torch.ops.fastattr._guided_relu_backward.default(grad_output, result, mode, upper)
+
+
+def _pair(v, name: str) -> list[int]:
+    if isinstance(v, int):
+        return [v, v]
+    v = list(v)
+    if len(v) == 1:
+        return [v[0], v[0]]
+    if len(v) != 2:
+        raise ValueError(f"fastattr: {name} must be an int or a pair of ints, got {v}")
+    return v
+
+
+def pool2d_arguments(kernel_size, stride=None, padding=0, dilation=1):
+    """Normalises max-pool arguments the way nn.MaxPool2d does (stride defaults to kernel_size)."""
+    kernel = _pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
+    return kernel, stride, _pair(padding, "padding"), _pair(dilation, "dilation")
+
+
+def guided_max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                      ceil_mode: bool = False, mode: str = "reference") -> tuple[Tensor, Tensor]:
+    """``F.max_pool2d(..., return_indices=True)`` whose gradient follows ``mode``:
+    ``"reference"`` (GNL: standard routed gradient times the nearest-upsampled
+    ``grad_output > 0`` mask) or ``"window"`` (only positive gradients routed to
+    each window's argmax; not the reference rule). Accepts (C, H, W) or (N, C, H, W)."""
+    kernel, stride, padding, dilation = pool2d_arguments(kernel_size, stride, padding, dilation)
+    if input.dim() == 3:
+        out, idx = torch.ops.fastattr.guided_max_pool2d.default(
+            input.unsqueeze(0), kernel, stride, padding, dilation, ceil_mode, mode)
+        return out.squeeze(0), idx.squeeze(0)
+    return torch.ops.fastattr.guided_max_pool2d.default(
+        input, kernel, stride, padding, dilation, ceil_mode, mode)
+
+
+def guided_max_pool2d_backward(grad_output: Tensor, indices: Tensor, input_size: Sequence[int],
+                               kernel_size, stride=None, padding=0, dilation=1,
+                               mode: str = "reference") -> Tensor:
+    """The fused backward rule of :func:`guided_max_pool2d` (4-D tensors)."""
+    kernel, stride, padding, dilation = pool2d_arguments(kernel_size, stride, padding, dilation)
+    return torch.ops.fastattr._guided_max_pool2d_backward.default(
+        grad_output, indices, list(input_size), kernel, stride, padding, dilation, mode)
+
+
+def ig_path_inputs(input: Tensor, baseline: Tensor, alphas: Sequence[float]) -> Tensor:
+    """Step-major IG path batch ``cat([baseline + a * (input - baseline) for a in alphas])``
+    written in one pass."""
+    return torch.ops.fastattr.ig_path_inputs.default(input, baseline, [float(a) for a in alphas])
+
+
+def ig_accumulate_(total: Tensor, grads: Tensor, weights: Sequence[float]) -> None:
+    """``total += sum_k weights[k] * grads.view(K, B, ...)[k]`` in place; ``total`` has the
+    accumulation dtype of ``grads`` (float32 for float16/bfloat16)."""
+    torch.ops.fastattr.ig_accumulate_.default(total, grads, [float(w) for w in weights])
