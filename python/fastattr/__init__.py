@@ -7,4 +7,18 @@ and the attribution methods are exported here.
 
 from . import _ops as ops  # noqa: F401  (loads the compiled ops first)
 
+from .methods import (  # noqa: E402
+    METHODS,
+    deconvnet,
+    gnl_heatmap,
+    gnl_integrated_gradients,
+    guided_backprop,
+    input_x_gradient,
+    integrated_gradients,
+    nodes_and_weights,
+    saliency,
+    smooth_grad,
+    smooth_taylor,
+)
+
 __version__ = "0.1.0"

@@ -1,0 +1,19 @@
+"""Attribution methods. ``METHODS`` maps each method's name to its function
+(used by the command line); every function takes ``(model, inputs, target=None, ...)``
+and returns attributions shaped like ``inputs``."""
+
+from .gradients import deconvnet, guided_backprop, input_x_gradient, saliency
+from .integrated_gradients import gnl_heatmap, gnl_integrated_gradients, integrated_gradients
+from .quadrature import nodes_and_weights
+from .smoothing import smooth_grad, smooth_taylor
+
+METHODS = {
+    "saliency": saliency,
+    "input_x_gradient": input_x_gradient,
+    "guided_backprop": guided_backprop,
+    "deconvnet": deconvnet,
+    "integrated_gradients": integrated_gradients,
+    "gnl_integrated_gradients": gnl_integrated_gradients,
+    "smooth_grad": smooth_grad,
+    "smooth_taylor": smooth_taylor,
+}

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Union
 
@@ -35,7 +36,9 @@ def check_baselines(baselines, inputs: Tensor, name: str = "baselines") -> Tenso
     """``None`` → zeros; a number → constant; a tensor broadcastable to ``inputs``."""
     if baselines is None:
         return torch.zeros_like(inputs)
-    if isinstance(baselines, (int, float)):
+    if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
+        if not math.isfinite(baselines):
+            raise ValueError(f"fastattr: {name} contains NaN or infinite values")
         return torch.full_like(inputs, float(baselines))
     if not isinstance(baselines, Tensor):
         raise TypeError(f"fastattr: {name} must be None, a number or a tensor, got {type(baselines).__name__}")

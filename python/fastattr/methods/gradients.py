@@ -1,0 +1,76 @@
+"""Single-gradient attributions: saliency, input x gradient, guided backprop, deconvnet.
+
+Each is one gradient of the target score per sample, computed in chunks of at
+most ``batch_size`` samples by the shared loop of
+:mod:`fastattr.methods._batching`. They match Captum's ``Saliency``,
+``InputXGradient``, ``GuidedBackprop`` and ``Deconvolution``, except that the
+guided rules here reach every ReLU however it is called (``nn.ReLU``,
+``F.relu``, ``torch.relu``, ``Tensor.relu_``, in place or not, and ReLU6),
+where Captum's module hooks see ``nn.ReLU`` modules only and silently give
+plain gradients through functional ReLUs (torchvision's GoogLeNet, DenseNet).
+
+The model is called as is (put it in ``eval()`` first if it has dropout or
+batch norm); its parameters, flags and hooks are left untouched, and no
+parameter gradients are accumulated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..guided import guided
+from ._batching import check_batch_size, iter_gradients
+from ._common import Target, check_inputs, resolve_target
+
+
+def input_gradients(model, inputs: Tensor, target: Target = None, batch_size: int | None = None,
+                    context=None) -> Tensor:
+    """Gradient of the target score with respect to ``inputs`` (one per sample),
+    optionally under ``context()`` (e.g. a :func:`fastattr.guided` mode)."""
+    x = check_inputs(inputs).detach()
+    batch_size = check_batch_size(batch_size, x)
+    target = resolve_target(model, x, target)
+    grads = torch.empty_like(x)
+    for _, _, s0, s1, grad in iter_gradients(model, target, 1, x.shape[0],
+                                             lambda k0, k1, s0, s1: x[s0:s1], batch_size, context):
+        grads[s0:s1] = grad
+    return grads
+
+
+def saliency(model: Callable[[Tensor], Tensor], inputs: Tensor, target: Target = None, abs: bool = True,
+             batch_size: int | None = None) -> Tensor:
+    """Saliency (Simonyan et al., 2013): ``|d f_c / d x|``, or the signed gradient with ``abs=False``.
+
+    ``abs=True`` is Captum's ``Saliency`` default. ``target`` and ``batch_size``
+    are as in :func:`fastattr.integrated_gradients` (here a chunk holds at most
+    ``batch_size`` samples). Returns a tensor shaped like ``inputs``.
+    """
+    if not isinstance(abs, bool):
+        raise TypeError(f"fastattr: abs must be a bool, got {type(abs).__name__}")
+    grads = input_gradients(model, inputs, target, batch_size)
+    return grads.abs() if abs else grads
+
+
+def input_x_gradient(model: Callable[[Tensor], Tensor], inputs: Tensor, target: Target = None,
+                     batch_size: int | None = None) -> Tensor:
+    """Input x gradient (Shrikumar et al., 2016): ``x * d f_c / d x``, as Captum's ``InputXGradient``."""
+    return input_gradients(model, inputs, target, batch_size) * inputs.detach()
+
+
+def guided_backprop(model: Callable[[Tensor], Tensor], inputs: Tensor, target: Target = None,
+                    batch_size: int | None = None) -> Tensor:
+    """Guided backpropagation (Springenberg et al., 2015): every ReLU / ReLU6 passes
+    ``g * 1[x > 0] * 1[g > 0]`` backwards (ReLU6 also needs ``x < 6``). Max-pool
+    gradients are ordinary, as in Captum's ``GuidedBackprop``."""
+    return input_gradients(model, inputs, target, batch_size, lambda: guided(model, mode="guided"))
+
+
+def deconvnet(model: Callable[[Tensor], Tensor], inputs: Tensor, target: Target = None,
+              batch_size: int | None = None) -> Tensor:
+    """Deconvnet (Zeiler & Fergus, 2014): every ReLU / ReLU6 passes ``relu(g)``
+    backwards whatever its input. Max-pool gradients are ordinary, as in Captum's
+    ``Deconvolution``."""
+    return input_gradients(model, inputs, target, batch_size, lambda: guided(model, mode="deconvnet"))
