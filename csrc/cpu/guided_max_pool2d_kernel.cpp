@@ -5,6 +5,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
+#include <vector>
 
 #include "../ops/guided_max_pool2d.h"
 #include "cpu_helpers.h"
@@ -12,50 +14,58 @@
 namespace fastattr {
 namespace {
 
-// One task per input row: each input element gathers the gradients of the
-// windows that chose it, in (oh, ow) order like ATen's scatter, then the rule
-// is applied to the sum (reference) or to each term (window).
+// One task per (n, c) plane: scatter the plane's output gradients to their
+// argmax positions in (oh, ow) order (the order ATen's max-pool backward and
+// the CUDA kernel's gather sum in, so results are bit-identical), then apply
+// the rule per input element. O(out + in) per plane and branch-light, where a
+// per-input gather over candidate windows costs O(in * windows per input).
+// float/double accumulate in the output itself; Half/BFloat16 in a per-task
+// opmath buffer (one allocation per task, none per element).
 template <typename scalar_t>
 void guided_max_pool2d_backward_kernel_impl(const scalar_t* grad_out, const int64_t* indices,
                                             scalar_t* grad_in, int64_t planes, int64_t in_h,
                                             int64_t in_w, int64_t out_h, int64_t out_w,
-                                            const Pool2dGeometry& geo, PoolRule rule) {
+                                            PoolRule rule) {
   using opmath_t = at::opmath_type<scalar_t>;
+  constexpr bool kInPlace = std::is_same_v<scalar_t, opmath_t>;
+  const int64_t in_plane = in_h * in_w;
+  const int64_t out_plane = out_h * out_w;
+  // Nearest output row / column of each input row / column (F.interpolate's
+  // "nearest" from (out_h, out_w) to (in_h, in_w)), computed once.
+  std::vector<int64_t> near_h(in_h), near_w(in_w);
   const float scale_h = static_cast<float>(out_h) / static_cast<float>(in_h);
   const float scale_w = static_cast<float>(out_w) / static_cast<float>(in_w);
-  const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(1, in_w * 8));
-  at::parallel_for(0, planes * in_h, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t plane = row / in_h;
-      const int64_t h = row % in_h;
-      const scalar_t* g_plane = grad_out + plane * out_h * out_w;
-      const int64_t* i_plane = indices + plane * out_h * out_w;
-      // Output rows whose window can contain row h (dilation filtered by the index test).
-      const int64_t oh_lo_num = h + geo.ph - geo.dh * (geo.kh - 1);
-      const int64_t oh_lo = oh_lo_num <= 0 ? 0 : (oh_lo_num + geo.sh - 1) / geo.sh;
-      const int64_t oh_hi = std::min(out_h - 1, (h + geo.ph) / geo.sh);
-      const int64_t nearest_h = nearest_source_index(h, scale_h, out_h);
-      for (int64_t w = 0; w < in_w; ++w) {
-        const int64_t ow_lo_num = w + geo.pw - geo.dw * (geo.kw - 1);
-        const int64_t ow_lo = ow_lo_num <= 0 ? 0 : (ow_lo_num + geo.sw - 1) / geo.sw;
-        const int64_t ow_hi = std::min(out_w - 1, (w + geo.pw) / geo.sw);
-        const int64_t flat = h * in_w + w;
-        opmath_t acc = 0;
-        for (int64_t oh = oh_lo; oh <= oh_hi; ++oh) {
-          for (int64_t ow = ow_lo; ow <= ow_hi; ++ow) {
-            const int64_t o = oh * out_w + ow;
-            if (i_plane[o] == flat) {
-              const opmath_t g = static_cast<opmath_t>(g_plane[o]);
-              acc += (rule == PoolRule::Window) ? (g > 0 ? g : opmath_t(0)) : g;
-            }
+  for (int64_t h = 0; h < in_h; ++h) near_h[h] = nearest_source_index(h, scale_h, out_h);
+  for (int64_t w = 0; w < in_w; ++w) near_w[w] = nearest_source_index(w, scale_w, out_w);
+  const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(1, in_plane + out_plane));
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    std::vector<opmath_t> buffer(kInPlace ? 0 : in_plane);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const scalar_t* g_plane = grad_out + plane * out_plane;
+      const int64_t* i_plane = indices + plane * out_plane;
+      scalar_t* out_plane_ptr = grad_in + plane * in_plane;
+      opmath_t* acc = kInPlace ? reinterpret_cast<opmath_t*>(out_plane_ptr) : buffer.data();
+      std::fill(acc, acc + in_plane, opmath_t(0));
+      for (int64_t o = 0; o < out_plane; ++o) {
+        const int64_t j = i_plane[o];
+        // Not from a max-pool of this input size: ignored, as in the CUDA
+        // kernel's gather (fastattr.ops.guided_max_pool2d_backward raises).
+        if (j < 0 || j >= in_plane) continue;
+        const opmath_t g = static_cast<opmath_t>(g_plane[o]);
+        acc[j] += (rule == PoolRule::Window) ? (g > opmath_t(0) ? g : opmath_t(0)) : g;
+      }
+      if (rule == PoolRule::Reference) {
+        for (int64_t h = 0; h < in_h; ++h) {
+          const scalar_t* g_row = g_plane + near_h[h] * out_w;
+          const opmath_t* acc_row = acc + h * in_w;
+          scalar_t* dst = out_plane_ptr + h * in_w;
+          for (int64_t w = 0; w < in_w; ++w) {
+            const bool keep = static_cast<opmath_t>(g_row[near_w[w]]) > opmath_t(0);
+            dst[w] = static_cast<scalar_t>(keep ? acc_row[w] : opmath_t(0));
           }
         }
-        if (rule == PoolRule::Reference) {
-          const int64_t nearest_w = nearest_source_index(w, scale_w, out_w);
-          const opmath_t gate = static_cast<opmath_t>(g_plane[nearest_h * out_w + nearest_w]);
-          acc = gate > 0 ? acc : opmath_t(0);
-        }
-        grad_in[row * in_w + w] = static_cast<scalar_t>(acc);
+      } else if (!kInPlace) {
+        for (int64_t i = 0; i < in_plane; ++i) out_plane_ptr[i] = static_cast<scalar_t>(acc[i]);
       }
     }
   });
@@ -87,12 +97,13 @@ at::Tensor guided_max_pool2d_backward_kernel(const at::Tensor& grad_output,
   auto grad_in = at::empty(input_size, g.options());
   if (grad_in.numel() == 0) return grad_in;
   if (g.numel() == 0) return grad_in.zero_();
+  (void)geo;  // the indices carry the geometry; the arguments are validated above
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
                                   "_guided_max_pool2d_backward", [&] {
     guided_max_pool2d_backward_kernel_impl<scalar_t>(
         g.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
         grad_in.mutable_data_ptr<scalar_t>(), input_size[0] * input_size[1], input_size[2],
-        input_size[3], g.size(2), g.size(3), geo, rule);
+        input_size[3], g.size(2), g.size(3), rule);
   });
   return grad_in;
 }

@@ -12,18 +12,23 @@
 namespace fastattr {
 namespace {
 
-// Rounds like `baseline + alpha * (input - baseline)` evaluated in scalar_t,
-// which is how the reference (and Captum) build the path.
+// Rounds like `baseline + alpha * (input - baseline)` evaluated with PyTorch
+// ops in scalar_t, which is how the reference (and Captum) build the path: the
+// difference and the sum are rounded to scalar_t, and the product takes alpha
+// in opmath precision (PyTorch keeps a Python-float scalar in float, not in
+// Half/BFloat16) and is rounded to scalar_t once.
 template <typename scalar_t>
-void ig_path_inputs_kernel_impl(const scalar_t* x, const scalar_t* base, const scalar_t* alphas,
-                                int64_t steps, scalar_t* out, int64_t n) {
+void ig_path_inputs_kernel_impl(const scalar_t* x, const scalar_t* base,
+                                const at::opmath_type<scalar_t>* alphas, int64_t steps,
+                                scalar_t* out, int64_t n) {
+  using opmath_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, n, kElementwiseGrain, [&](int64_t begin, int64_t end) {
     for (int64_t k = 0; k < steps; ++k) {
-      const scalar_t a = alphas[k];
+      const opmath_t a = alphas[k];
       scalar_t* out_k = out + k * n;
       for (int64_t i = begin; i < end; ++i) {
         const scalar_t diff = x[i] - base[i];
-        const scalar_t step = a * diff;
+        const scalar_t step = static_cast<scalar_t>(a * static_cast<opmath_t>(diff));
         out_k[i] = base[i] + step;
       }
     }
@@ -57,7 +62,7 @@ at::Tensor ig_path_inputs_kernel(const at::Tensor& self, const at::Tensor& basel
   auto out = at::empty(out_size, x.options());
   if (x.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ig_path_inputs", [&] {
-    std::vector<scalar_t> a(alphas.begin(), alphas.end());
+    std::vector<at::opmath_type<scalar_t>> a(alphas.begin(), alphas.end());
     ig_path_inputs_kernel_impl<scalar_t>(x.const_data_ptr<scalar_t>(),
                                          base.const_data_ptr<scalar_t>(), a.data(), steps,
                                          out.mutable_data_ptr<scalar_t>(), x.numel());

@@ -21,19 +21,40 @@ struct StepTable {
   T values[kMaxStepsPerLaunch];
 };
 
+// Multiply / add rounded as separate operations: nvcc would otherwise contract
+// `b + a * d` into one FMA, which rounds once where PyTorch's two kernels (and
+// the CPU kernel) round twice.
+template <typename T>
+__device__ __forceinline__ T mul_rn(T a, T b) { return a * b; }
+template <>
+__device__ __forceinline__ float mul_rn<float>(float a, float b) { return __fmul_rn(a, b); }
+template <>
+__device__ __forceinline__ double mul_rn<double>(double a, double b) { return __dmul_rn(a, b); }
+template <typename T>
+__device__ __forceinline__ T add_rn(T a, T b) { return a + b; }
+template <>
+__device__ __forceinline__ float add_rn<float>(float a, float b) { return __fadd_rn(a, b); }
+template <>
+__device__ __forceinline__ double add_rn<double>(double a, double b) { return __dadd_rn(a, b); }
+
 // One thread per element of the input, writing that element's value for every
 // step: the difference (x - baseline) is read once, written `steps` times.
+// Rounds like `baseline + alpha * (input - baseline)` in PyTorch ops of
+// scalar_t: alpha stays in opmath precision (as a Python-float scalar does),
+// the difference, product and sum are each rounded to scalar_t.
 template <typename scalar_t>
 __global__ void ig_path_inputs_cuda_impl(const scalar_t* __restrict__ x,
                                          const scalar_t* __restrict__ base,
-                                         StepTable<scalar_t> alphas, int64_t steps,
-                                         scalar_t* __restrict__ out, int64_t n) {
+                                         StepTable<at::opmath_type<scalar_t>> alphas,
+                                         int64_t steps, scalar_t* __restrict__ out, int64_t n) {
+  using opmath_t = at::opmath_type<scalar_t>;
   FASTATTR_KERNEL_LOOP(i, n) {
     const scalar_t b = base[i];
     const scalar_t diff = x[i] - b;
     for (int64_t k = 0; k < steps; ++k) {
-      const scalar_t step = alphas.values[k] * diff;
-      out[k * n + i] = b + step;
+      const scalar_t step =
+          static_cast<scalar_t>(mul_rn<opmath_t>(alphas.values[k], static_cast<opmath_t>(diff)));
+      out[k * n + i] = add_rn<scalar_t>(b, step);
     }
   }
 }
@@ -69,8 +90,10 @@ at::Tensor ig_path_inputs_kernel(const at::Tensor& self, const at::Tensor& basel
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ig_path_inputs", [&] {
     for (int64_t k0 = 0; k0 < steps; k0 += kMaxStepsPerLaunch) {
       const int64_t chunk = std::min<int64_t>(kMaxStepsPerLaunch, steps - k0);
-      StepTable<scalar_t> table;
-      for (int64_t k = 0; k < chunk; ++k) table.values[k] = static_cast<scalar_t>(alphas[k0 + k]);
+      StepTable<at::opmath_type<scalar_t>> table;
+      for (int64_t k = 0; k < chunk; ++k) {
+        table.values[k] = static_cast<at::opmath_type<scalar_t>>(alphas[k0 + k]);
+      }
       ig_path_inputs_cuda_impl<scalar_t><<<grid_for(n), kThreadsPerBlock, 0, stream>>>(
           x.const_data_ptr<scalar_t>(), base.const_data_ptr<scalar_t>(), table, chunk,
           out.mutable_data_ptr<scalar_t>() + k0 * n, n);

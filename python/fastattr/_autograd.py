@@ -1,6 +1,10 @@
 """Autograd formulas of the differentiable fastattr ops. The guided ops'
 backward is the guided rule itself (that is their purpose); the rule is its own
-op, so it is not differentiated again."""
+op (``_<op>_backward``), whose own derivative is registered too, so that double
+backward (``create_graph=True``) is exact instead of silently zero: each rule
+is linear in ``grad_output`` on pieces where its masks are constant, so its
+derivative w.r.t. ``grad_output`` is the mask and w.r.t. the saved forward
+tensors is zero."""
 
 from __future__ import annotations
 
@@ -21,6 +25,23 @@ def _guided_relu_backward(ctx, grad_output):
 
 torch.library.register_autograd(
     "fastattr::guided_relu", _guided_relu_backward, setup_context=_guided_relu_setup_context
+)
+
+
+def _guided_relu_backward_setup_context(ctx, inputs, output):
+    # The rule passes grad_output through where it keeps it and writes 0
+    # elsewhere; a kept value is > 0, so `output != 0` is exactly the mask.
+    ctx.save_for_backward(output)
+
+
+def _guided_relu_backward_backward(ctx, grad):
+    (output,) = ctx.saved_tensors
+    return torch.where(output != 0, grad, 0), None, None, None
+
+
+torch.library.register_autograd(
+    "fastattr::_guided_relu_backward", _guided_relu_backward_backward,
+    setup_context=_guided_relu_backward_setup_context,
 )
 
 
@@ -45,6 +66,34 @@ def _guided_max_pool2d_backward(ctx, grad_output, _grad_indices):
 
 torch.library.register_autograd(
     "fastattr::guided_max_pool2d", _guided_max_pool2d_backward, setup_context=_guided_max_pool2d_setup_context
+)
+
+
+def _guided_max_pool2d_backward_setup_context(ctx, inputs, output):
+    grad_output, indices, input_size, *_, mode = inputs
+    ctx.mode = mode
+    ctx.input_size = input_size
+    ctx.save_for_backward(grad_output, indices)
+
+
+def _guided_max_pool2d_backward_backward(ctx, grad):
+    # Forward: out[i] = gate_i * sum_{o: idx[o] = i} g[o]  (reference; gate_i is
+    # g > 0 at the nearest output cell), or sum_{o: idx[o] = i} relu(g[o])
+    # (window). Its vector-Jacobian product gathers `grad` at the indices.
+    grad_output, indices = ctx.saved_tensors
+    n, c, h, w = ctx.input_size
+    if ctx.mode == "reference":
+        gate = torch.nn.functional.interpolate((grad_output > 0).to(grad.dtype), size=(h, w), mode="nearest")
+        grad = grad * gate
+    gathered = grad.reshape(n, c, h * w).gather(2, indices.flatten(2)).view_as(grad_output)
+    if ctx.mode == "window":
+        gathered = torch.where(grad_output > 0, gathered, 0)
+    return gathered, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "fastattr::_guided_max_pool2d_backward", _guided_max_pool2d_backward_backward,
+    setup_context=_guided_max_pool2d_backward_setup_context,
 )
 
 

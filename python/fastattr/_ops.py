@@ -102,6 +102,14 @@ def guided_max_pool2d_backward(grad_output: Tensor, indices: Tensor, input_size:
                                mode: str = "reference") -> Tensor:
     """The fused backward rule of :func:`guided_max_pool2d` (4-D tensors)."""
     kernel, stride, padding, dilation = pool2d_arguments(kernel_size, stride, padding, dilation)
+    # The kernels skip indices outside the input plane (they cannot come from
+    # guided_max_pool2d); a direct caller passing such indices gets an error.
+    plane = int(input_size[-1]) * int(input_size[-2])
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= plane):
+        raise ValueError(
+            f"fastattr.guided_max_pool2d_backward: indices must lie in [0, H*W) = [0, {plane}) for "
+            f"input_size {tuple(input_size)} (use the indices returned by guided_max_pool2d)"
+        )
     return torch.ops.fastattr._guided_max_pool2d_backward.default(
         grad_output, indices, list(input_size), kernel, stride, padding, dilation, mode)
 
