@@ -1,0 +1,299 @@
+"""End-to-end attribution benchmark: fastattr against Captum and against the
+bare model (the "model limit": n_steps x B forward+backward passes at the best
+batch size, i.e. what any implementation must at least spend).
+
+Used by bench_methods.py (pytest-benchmark) and runnable on its own:
+
+    python benchmarks/e2e.py --device cpu --out table.md
+    python benchmarks/e2e.py --peak-memory resnet18-224 integrated_gradients fastattr   # one case, in a fresh process
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    batch: int
+    size: int
+    n_steps: int
+
+    def model(self, device, dtype=torch.float32):
+        torch.manual_seed(0)
+        if self.name.startswith("resnet18"):
+            import torchvision
+
+            m = torchvision.models.resnet18()
+        elif self.name.startswith("resnet50"):
+            import torchvision
+
+            m = torchvision.models.resnet50()
+        else:
+            import fastattr.models
+
+            m = fastattr.models.load("shapes-vgg")
+        return m.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+    def inputs(self, device, dtype=torch.float32):
+        g = torch.Generator().manual_seed(1)
+        return torch.rand(self.batch, 3, self.size, self.size, generator=g).to(device=device, dtype=dtype)
+
+
+CASES = {
+    c.name: c
+    for c in (
+        Case("resnet18-224", batch=4, size=224, n_steps=32),
+        Case("small-cnn-64", batch=16, size=64, n_steps=32),
+        Case("resnet50-224", batch=32, size=224, n_steps=32),
+    )
+}
+METHODS = ("integrated_gradients", "gnl_integrated_gradients", "guided_backprop")
+IMPLS = ("fastattr", "captum", "captum_batched")
+# fastattr under torch.compile(model) and under bf16 autocast (CUDA only).
+VARIANTS = ("compile", "bf16")
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def gnl_hooks(model):
+    """Register the GNL reference rules (spec §1.2) as module backward hooks, the
+    way the official implementation runs them under Captum. Returns the handles."""
+    import torch.nn.functional as F
+
+    handles = []
+
+    def relu_hook(module, grad_input, grad_output):
+        return (F.relu(grad_input[0]),)
+
+    def pool_hook(module, grad_input, grad_output):
+        g_in = grad_input[0]
+        mask = F.interpolate((grad_output[0] > 0).to(g_in.dtype), size=g_in.shape[2:], mode="nearest")
+        return (g_in * mask,)
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6)):
+            handles.append(m.register_full_backward_hook(relu_hook))
+        elif isinstance(m, torch.nn.MaxPool2d):
+            handles.append(m.register_full_backward_hook(pool_hook))
+    return handles
+
+
+def _variant_model(model, variant):
+    if variant == "compile":
+        return torch.compile(model)
+    return model
+
+
+def _autocast(device, variant):
+    import contextlib
+
+    if variant == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_runner(case: Case, method: str, impl: str, device, batch_size=None):
+    """A zero-argument callable that computes the attributions once.
+    ``impl`` is fastattr, fastattr+compile, fastattr+bf16, captum or captum_batched."""
+    model = case.model(device)
+    x = case.inputs(device)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    if impl.startswith("fastattr"):
+        import fastattr
+
+        variant = impl.partition("+")[2]
+        model = _variant_model(model, variant)
+        fn = getattr(fastattr, method)
+        kwargs = {} if method == "guided_backprop" else dict(n_steps=case.n_steps)
+        if batch_size is not None:
+            kwargs["batch_size"] = batch_size
+
+        def run():
+            with _autocast(device, variant):
+                return fn(model, x, target=target, **kwargs)
+
+        return run
+    from captum.attr import GuidedBackprop, IntegratedGradients
+
+    if method == "guided_backprop":
+        gb = GuidedBackprop(model)
+        return lambda: gb.attribute(x, target=target)
+    ig = IntegratedGradients(model)
+    internal = None
+    if impl == "captum_batched":
+        internal = batch_size if batch_size is not None else default_batch_size(case, x)
+    if method == "integrated_gradients":
+        return lambda: ig.attribute(x, target=target, n_steps=case.n_steps, internal_batch_size=internal)
+
+    def gnl():
+        handles = gnl_hooks(model)
+        try:
+            return ig.attribute(x, target=target, n_steps=case.n_steps, internal_batch_size=internal)
+        finally:
+            for h in handles:
+                h.remove()
+
+    return gnl
+
+
+def default_batch_size(case: Case, x) -> int:
+    """The batch size fastattr's IG picks by default for this input."""
+    from fastattr.methods._batching import default_batch_size as pick
+
+    return pick(x)
+
+
+def time_callable(fn, device, repeats=3, warmup=1) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def model_limit(case: Case, device, repeats=3, variant="") -> tuple[float, int]:
+    """Fastest time for n_steps*B forward+backward passes (to the input) over
+    batch sizes; returns (seconds, best samples per pass)."""
+    model = _variant_model(case.model(device), variant)
+    x = case.inputs(device)
+    total = case.batch * case.n_steps
+    best = (float("inf"), 0)
+    for per_pass in sorted({case.batch * k for k in (1, 2, 4, 8, 16, 32) if case.batch * k <= total} | {total}):
+        def run():
+            done = 0
+            while done < total:
+                n = min(per_pass, total - done)
+                xb = x.repeat((n + case.batch - 1) // case.batch, 1, 1, 1)[:n].requires_grad_(True)
+                with _autocast(device, variant):
+                    out = model(xb)
+                (g,) = torch.autograd.grad(out[:, 0].float().sum(), xb)
+                done += n
+            return g
+
+        try:
+            t = time_callable(run, device, repeats=repeats)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            continue
+        best = min(best, (t, per_pass))
+    return best
+
+
+def peak_memory_mb(case_name: str, method: str, impl: str, device: str) -> float:
+    """Peak extra memory of one attribution call, measured in a fresh process:
+    CUDA: max_memory_allocated growth; CPU: peak RSS growth."""
+    cmd = [sys.executable, __file__, "--peak-memory", case_name, method, impl, "--device", device]
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'python'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return float("nan")  # out of memory or failed: reported as such
+    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def _measure_peak_here(case_name, method, impl, device) -> float:
+    case = CASES[case_name]
+    fn = make_runner(case, method, impl, device)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with open("/proc/self/statm") as f:
+        base_kb = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
+    fn()
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (peak_kb - base_kb) / 1024
+
+
+def _time_or_oom(fn_factory, device, repeats):
+    """Seconds, or NaN when the implementation runs out of memory or fails
+    (e.g. Captum's hooks on in-place ReLUs); the reason is printed."""
+    try:
+        return time_callable(fn_factory(), device, repeats=repeats)
+    except torch.OutOfMemoryError:
+        print("  -> out of memory", flush=True)
+    except RuntimeError as exc:
+        print(f"  -> failed: {str(exc).splitlines()[0][:160]}", flush=True)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return float("nan")
+
+
+def report(device: str, cases, methods, repeats: int, variants=()) -> str:
+    rows = [
+        "| case | method | impl | time (s) | peak mem (MiB) | time / fastattr | time / model limit |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for name in cases:
+        case = CASES[name]
+        limits = {}
+        for variant in ("",) + tuple(variants):
+            limit, best = model_limit(case, device, repeats=repeats, variant=variant)
+            limits[variant] = limit
+            label = f"model limit{' +' + variant if variant else ''}"
+            rows.append(f"| {name} | {label} ({case.batch}x{case.n_steps} fwd+bwd, best {best}/pass) | - | {limit:.3f} | - | - | 1.00 |")
+        for method in methods:
+            impls = ("fastattr", "captum") if method == "guided_backprop" else IMPLS
+            impls = impls + tuple(f"fastattr+{v}" for v in variants)
+            times = {}
+            for impl in impls:
+                times[impl] = t = _time_or_oom(lambda: make_runner(case, method, impl, device), device, repeats)
+                mem = peak_memory_mb(name, method, impl, device)
+                limit = limits[impl.partition("+")[2]]
+                ratio_limit = f"{t / limit:.2f}" if method != "guided_backprop" else "-"
+                rows.append(
+                    f"| {name} | {method} | {impl} | {t:.3f} | {mem:.0f} | {t / times['fastattr']:.2f} | {ratio_limit} |"
+                )
+            print("\n".join(rows[-len(impls):]), flush=True)
+    return "\n".join(rows)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--cases", nargs="+", default=["resnet18-224", "small-cnn-64"], choices=sorted(CASES))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--variants", nargs="*", default=[], choices=VARIANTS,
+                   help="also time fastattr with torch.compile(model) and/or bf16 autocast")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--peak-memory", nargs=3, metavar=("CASE", "METHOD", "IMPL"))
+    args = p.parse_args(argv)
+    if args.peak_memory:
+        print(json.dumps({"peak_mb": _measure_peak_here(*args.peak_memory, args.device)}))
+        return
+    table = report(args.device, args.cases, args.methods, args.repeats, args.variants)
+    header = f"device: {torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}, torch {torch.__version__}, threads {torch.get_num_threads()}\n\n"
+    print(header + table)
+    if args.out:
+        args.out.write_text(header + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
