@@ -182,7 +182,7 @@ def model_limit(case: Case, device, repeats=3, variant="") -> tuple[float, int]:
     x = case.inputs(device)
     total = case.batch * case.n_steps
     best = (float("inf"), 0)
-    for per_pass in sorted({case.batch * k for k in (1, 2, 4, 8, 16, 32) if case.batch * k <= total} | {total}):
+    for per_pass in sorted({case.batch * k for k in (1, 2, 4, 8) if case.batch * k <= total} | {total}):
         def run():
             done = 0
             while done < total:

@@ -10,7 +10,7 @@ import torchvision
 from captum.attr import Deconvolution, GuidedBackprop, IntegratedGradients
 
 import fastattr
-from fastattr.guided import guided
+from fastattr.guidance import guided
 from models import (ConvNet, FunctionalReluNet, LinearNet, assert_same_state, hook_state, oracle_copy,
                     register_gnl_oracle, single_thread)  # noqa: F401
 

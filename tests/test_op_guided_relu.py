@@ -14,7 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fastattr
 from fastattr import reference
-from fastattr.guided import guided
+from fastattr.guidance import guided
 from utils import DTYPES, TOLERANCES, cpu_and_cuda, non_contiguous
 
 ops = fastattr.ops

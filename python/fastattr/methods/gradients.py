@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..guided import guided
+from ..guidance import guided
 from ._batching import check_batch_size, iter_gradients
 from ._common import Target, check_inputs, resolve_target
 

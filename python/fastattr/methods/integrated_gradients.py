@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import _ops as ops
-from ..guided import guided
+from ..guidance import guided
 from ._batching import check_batch_size, iter_gradients, target_scores
 from ._common import Target, check_baselines, check_inputs, resolve_target
 from .quadrature import nodes_and_weights

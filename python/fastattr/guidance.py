@@ -1,4 +1,4 @@
-"""``fastattr.guided``: make every ReLU / ReLU6 (and optionally max-pool)
+"""``fastattr.guided`` (defined here, exported at top level): make every ReLU / ReLU6 (and optionally max-pool)
 gradient follow a guided rule while a model runs.
 
 It is a ``TorchFunctionMode``, not a set of module hooks, so it sees the call
