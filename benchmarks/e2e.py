@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -224,11 +223,19 @@ def _measure_peak_here(case_name, method, impl, device) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with open("/proc/self/statm") as f:
-        base_kb = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
+    # VmHWM is this process's own high-water mark (ru_maxrss would carry the
+    # parent's across fork+exec).
+    base_kb = _proc_status_kb("VmRSS")
     fn()
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (peak_kb - base_kb) / 1024
+    return (_proc_status_kb("VmHWM") - base_kb) / 1024
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _time_or_oom(fn_factory, device, repeats):
