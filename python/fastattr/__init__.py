@@ -22,4 +22,6 @@ from .methods import (  # noqa: E402
     smooth_taylor,
 )
 
+from . import data, models  # noqa: E402,F401  (bundled data sets and models)
+
 __version__ = "0.1.0"
