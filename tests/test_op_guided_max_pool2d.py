@@ -12,7 +12,6 @@ non-square kernels/strides/paddings, rectangular and unbatched inputs, ties and
 import pytest
 import torch
 import torch.nn.functional as F
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fastattr
 from fastattr import reference
@@ -314,16 +313,6 @@ def test_torch_compile_matches_eager(device, mode, backend):
     torch.testing.assert_close(out_comp, f(x_eager.detach()))
     torch.testing.assert_close(x_comp.grad, x_eager.grad)
     assert (x_eager.grad != 0).any()
-
-
-@pytest.fixture(params=["eager", "fake"])
-def tensor_mode(request):
-    """Errors must be the same from the C++ kernels and the fake kernels."""
-    if request.param == "eager":
-        yield None
-    else:
-        with FakeTensorMode():
-            yield "fake"
 
 
 def test_errors(tensor_mode):

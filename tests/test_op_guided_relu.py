@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fastattr
 from fastattr import reference
@@ -230,17 +229,6 @@ def test_inplace_usage_via_guided(device, apply, upper):
     h = x * scale
     (plain,) = torch.autograd.grad(apply(h), x, g)
     assert not torch.equal(plain, grad)
-
-
-@pytest.fixture(params=["eager", "fake"])
-def tensor_mode(request):
-    """Errors must be the same from the C++ kernels and from the fake kernels
-    (what torch.compile and torch.export see)."""
-    if request.param == "eager":
-        yield None
-    else:
-        with FakeTensorMode():
-            yield "fake"
 
 
 def test_errors(tensor_mode):

@@ -10,7 +10,6 @@ run in that dtype); its autograd is the true gradient. ig_accumulate_ adds
 import numpy as np
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fastattr
 from fastattr import reference
@@ -201,16 +200,6 @@ def test_torch_compile_matches_eager(device):
     assert (total_e != 0).all()
     for a, b in zip(gc, ge):
         torch.testing.assert_close(a, b)
-
-
-@pytest.fixture(params=["eager", "fake"])
-def tensor_mode(request):
-    """Errors must be the same from the C++ kernels and the fake kernels."""
-    if request.param == "eager":
-        yield None
-    else:
-        with FakeTensorMode():
-            yield "fake"
 
 
 def test_errors(tensor_mode):
