@@ -11,6 +11,7 @@ from torch import nn
 captum_attr = pytest.importorskip("captum.attr")
 
 import fastattr.captum as fc  # noqa: E402
+from utils import CaptumNoiseFeed
 
 F64 = torch.float64
 
@@ -179,22 +180,9 @@ class WithArgsSingle(WithArgs):
 # --------------------------------------------------------------------------- NoiseTunnel
 
 
-class _NoiseFeed:
-    """Replaces captum's NoiseTunnel._add_noise_to_input so that it adds our unit
-    noise (times its stdev) instead of drawing, chunk by chunk in its order."""
-
-    def __init__(self, eps, batch, n):
-        self.grid = eps.view((batch, n) + tuple(eps.shape[1:]))
-        self.s0 = 0
-
-    def __call__(self, inp, stdev, p):
-        chunk = self.grid[:, self.s0:self.s0 + p].reshape((-1,) + tuple(self.grid.shape[2:]))
-        self.s0 += p
-        return inp.repeat_interleave(p, dim=0) + stdev * chunk
-
 
 def feed(monkeypatch, eps, batch, n):
-    monkeypatch.setattr(captum_attr.NoiseTunnel, "_add_noise_to_input", staticmethod(_NoiseFeed(eps, batch, n)))
+    monkeypatch.setattr(captum_attr.NoiseTunnel, "_add_noise_to_input", staticmethod(CaptumNoiseFeed(eps, batch, n)))
 
 
 def unit_noise(batch, n, shape, seed=1):

@@ -13,18 +13,8 @@ from PIL import Image
 
 from fastattr import cli
 from fastattr.jobs import open_output
+from utils import TINY_MODELS_SOURCE
 
-# A model given as ``module:callable`` (fastattr.models.load imports it): small, so the tests are fast.
-TINY_MODELS = '''
-import torch
-from torch import nn
-
-
-def classifier(classes=5):
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes))
-'''
 TINY = "fa_cli_tiny_models:classifier"
 
 
@@ -33,7 +23,7 @@ def tiny_model(tmp_path, monkeypatch):
     """Makes ``TINY`` importable here and in subprocesses; returns the environment for the latter."""
     mods = tmp_path / "mods"
     mods.mkdir()
-    (mods / "fa_cli_tiny_models.py").write_text(TINY_MODELS)
+    (mods / "fa_cli_tiny_models.py").write_text(TINY_MODELS_SOURCE)
     monkeypatch.syspath_prepend(str(mods))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(mods)] + [p for p in [env.get("PYTHONPATH")] if p])

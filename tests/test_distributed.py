@@ -12,17 +12,8 @@ import torch
 
 from fastattr.jobs import JobConfig, open_output, run_job
 from fastattr.methods import METHODS
+from utils import TINY_MODELS_SOURCE
 
-TINY_MODELS = '''
-import torch
-from torch import nn
-
-
-def classifier(classes=5):
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes))
-'''
 TINY = "fa_dist_tiny_models:classifier"
 LIMIT, SHARD, BATCH = 14, 4, 2  # 4 shards: rank 0 gets 0 and 2, rank 1 gets 1 and 3
 OPTIONS = {"n_samples": 3, "stdevs": 0.2}
@@ -36,7 +27,7 @@ def config(out, **kw):
 def test_torchrun_two_processes_equals_one(tmp_path, monkeypatch):
     mods = tmp_path / "mods"
     mods.mkdir()
-    (mods / "fa_dist_tiny_models.py").write_text(TINY_MODELS)
+    (mods / "fa_dist_tiny_models.py").write_text(TINY_MODELS_SOURCE)
     monkeypatch.syspath_prepend(str(mods))
 
     ref, dist_out = tmp_path / "ref", tmp_path / "dist"

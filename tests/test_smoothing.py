@@ -9,6 +9,7 @@ from torch import nn
 import fastattr
 from fastattr.methods import METHODS
 from fastattr.methods.smoothing import smooth_grad, smooth_taylor
+from utils import CaptumNoiseFeed
 
 F64 = torch.float64
 
@@ -249,19 +250,6 @@ def test_smooth_grad_errors_name_the_argument(kwargs, match):
 # --------------------------------------------------------------------------- Captum NoiseTunnel
 
 
-class _NoiseFeed:
-    """Replaces NoiseTunnel._add_noise_to_input: hands Captum our unit noise
-    (scaled by its stdev), chunk by chunk, in Captum's chunk order."""
-
-    def __init__(self, eps, batch, n):
-        self.grid = eps.view((batch, n) + tuple(eps.shape[1:]))
-        self.s0 = 0
-
-    def __call__(self, inp, stdev, p):
-        chunk = self.grid[:, self.s0:self.s0 + p].reshape((-1,) + tuple(self.grid.shape[2:]))
-        self.s0 += p
-        return inp.repeat_interleave(p, dim=0) + stdev * chunk
-
 
 @pytest.mark.parametrize("nt_type", ["smoothgrad", "smoothgrad_sq", "vargrad"])
 @pytest.mark.parametrize("chunk", [None, 2])
@@ -271,7 +259,7 @@ def test_matches_captum_noise_tunnel_saliency(monkeypatch, nt_type, chunk):
     model, x = cnn(), torch.randn(2, 2, 6, 6, dtype=F64)
     n, sigma = 5, 0.6
     eps = unit_noise(2, n, x.shape[1:])
-    monkeypatch.setattr(NoiseTunnel, "_add_noise_to_input", staticmethod(_NoiseFeed(eps, 2, n)))
+    monkeypatch.setattr(NoiseTunnel, "_add_noise_to_input", staticmethod(CaptumNoiseFeed(eps, 2, n)))
     ref = NoiseTunnel(Saliency(model)).attribute(x, nt_type=nt_type, nt_samples=n, nt_samples_batch_size=chunk,
                                                  stdevs=sigma, target=[2, 0])
     out = smooth_grad(model, x, [2, 0], n_samples=n, stdevs=sigma, kind=nt_type, noise=eps, batch_size=chunk)
@@ -286,7 +274,7 @@ def test_matches_captum_noise_tunnel_ig(monkeypatch, nt_type):
     baselines = torch.randn(3, 6, dtype=F64)
     n, sigma = 4, 0.5
     eps = unit_noise(3, n, (6,))
-    monkeypatch.setattr(NoiseTunnel, "_add_noise_to_input", staticmethod(_NoiseFeed(eps, 3, n)))
+    monkeypatch.setattr(NoiseTunnel, "_add_noise_to_input", staticmethod(CaptumNoiseFeed(eps, 3, n)))
     ref, ref_delta = NoiseTunnel(IntegratedGradients(model)).attribute(
         x, nt_type=nt_type, nt_samples=n, stdevs=sigma, target=1, baselines=baselines, n_steps=12,
         method="riemann_middle", return_convergence_delta=True)

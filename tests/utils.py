@@ -25,3 +25,32 @@ def non_contiguous(t: torch.Tensor) -> torch.Tensor:
     out = t.transpose(-1, -2).contiguous().transpose(-1, -2)
     assert not out.is_contiguous() or t.shape[-1] == 1 or t.shape[-2] == 1
     return out
+
+
+class CaptumNoiseFeed:
+    """Replaces Captum's NoiseTunnel._add_noise_to_input so that it adds our unit
+    noise ``eps`` (shape (batch*n, ...), sample-major, scaled by its stdev)
+    instead of drawing, chunk by chunk in Captum's chunk order."""
+
+    def __init__(self, eps, batch, n):
+        self.grid = eps.view((batch, n) + tuple(eps.shape[1:]))
+        self.s0 = 0
+
+    def __call__(self, inp, stdev, p):
+        chunk = self.grid[:, self.s0:self.s0 + p].reshape((-1,) + tuple(self.grid.shape[2:]))
+        self.s0 += p
+        return inp.repeat_interleave(p, dim=0) + stdev * chunk
+
+
+# A model given as ``module:callable`` (fastattr.models.load imports it) for the
+# job tests: small, so they are fast. Written to a file by each test module.
+TINY_MODELS_SOURCE = '''
+import torch
+from torch import nn
+
+
+def classifier(classes=5):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes))
+'''
