@@ -174,32 +174,59 @@ def time_callable(fn, device, repeats=3, warmup=1) -> float:
     return statistics.median(times)
 
 
-def model_limit(case: Case, device, repeats=3, variant="") -> tuple[float, int]:
-    """Fastest time for n_steps*B forward+backward passes (to the input) over
-    batch sizes; returns (seconds, best samples per pass)."""
+def pass_sizes(case: Case, device) -> list[int]:
+    """Candidate samples per pass for the model limit: B times powers of two up
+    to all n_steps*B points at once, plus the pass size fastattr's default chunk
+    gives (so the limit is never above what fastattr's own pass size allows)."""
+    total = case.batch * case.n_steps
+    sizes = {total}
+    k = 1
+    while case.batch * k < total:
+        sizes.add(case.batch * k)
+        k *= 2
+    chunk = default_batch_size(case, case.inputs(device))
+    rows = min(case.batch, chunk)
+    sizes.add(rows * max(1, chunk // rows))
+    return sorted(sizes)
+
+
+def limit_runner(case: Case, device, per_pass: int, variant=""):
+    """n_steps*B forward+backward passes (to the input) of ``per_pass`` samples each."""
     model = _variant_model(case.model(device), variant)
     x = case.inputs(device)
     total = case.batch * case.n_steps
-    best = (float("inf"), 0)
-    for per_pass in sorted({case.batch * k for k in (1, 2, 4, 8) if case.batch * k <= total} | {total}):
-        def run():
-            done = 0
-            while done < total:
-                n = min(per_pass, total - done)
-                xb = x.repeat((n + case.batch - 1) // case.batch, 1, 1, 1)[:n].requires_grad_(True)
-                with _autocast(device, variant):
-                    out = model(xb)
-                (g,) = torch.autograd.grad(out[:, 0].float().sum(), xb)
-                done += n
-            return g
 
+    def run():
+        done = 0
+        while done < total:
+            n = min(per_pass, total - done)
+            xb = x.repeat((n + case.batch - 1) // case.batch, 1, 1, 1)[:n].requires_grad_(True)
+            with _autocast(device, variant):
+                out = model(xb)
+            (g,) = torch.autograd.grad(out[:, 0].float().sum(), xb)
+            done += n
+        return g
+
+    return run
+
+
+def best_pass_size(case: Case, device, repeats=2, variant="") -> tuple[float, int]:
+    """(seconds, samples per pass) of the fastest pass size in :func:`pass_sizes`."""
+    best = (float("inf"), 0)
+    for per_pass in pass_sizes(case, device):
         try:
-            t = time_callable(run, device, repeats=repeats)
+            t = time_callable(limit_runner(case, device, per_pass, variant), device, repeats=repeats)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             continue
         best = min(best, (t, per_pass))
     return best
+
+
+def model_limit(case: Case, device, repeats=3, variant="") -> tuple[float, int]:
+    """Fastest time for n_steps*B forward+backward passes (to the input) over
+    pass sizes; returns (seconds, best samples per pass)."""
+    return best_pass_size(case, device, repeats=repeats, variant=variant)
 
 
 def peak_memory_mb(case_name: str, method: str, impl: str, device: str) -> float:
@@ -238,18 +265,38 @@ def _proc_status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _time_or_oom(fn_factory, device, repeats):
-    """Seconds, or NaN when the implementation runs out of memory or fails
-    (e.g. Captum's hooks on in-place ReLUs); the reason is printed."""
-    try:
-        return time_callable(fn_factory(), device, repeats=repeats)
-    except torch.OutOfMemoryError:
-        print("  -> out of memory", flush=True)
-    except RuntimeError as exc:
-        print(f"  -> failed: {str(exc).splitlines()[0][:160]}", flush=True)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return float("nan")
+def _interleaved(runners: dict, device, rounds: int) -> dict[str, list[float]]:
+    """Time every runner once per round, round-robin, after one warm-up each.
+    On a shared machine the speed drifts by 10-20% over minutes; interleaving
+    puts each round's runs under the same conditions, so per-round ratios are
+    far steadier than ratios of separately taken medians. A runner that fails
+    (out of memory, Captum's hooks on in-place ReLUs) is reported as NaN."""
+    times = {name: [] for name in runners}
+    live = {}
+    for name, factory in runners.items():
+        try:
+            fn = factory()
+            fn()
+            _sync(device)
+            live[name] = fn
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            print(f"  {name} -> failed: {str(exc).splitlines()[0][:160]}", flush=True)
+            times[name] = [float("nan")]
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    for _ in range(rounds):
+        for name, fn in live.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def _median_ratio(a: list[float], b: list[float]) -> float:
+    if len(a) != len(b) or not a:
+        return float("nan")
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def report(device: str, cases, methods, repeats: int, variants=()) -> str:
@@ -259,25 +306,33 @@ def report(device: str, cases, methods, repeats: int, variants=()) -> str:
     ]
     for name in cases:
         case = CASES[name]
-        limits = {}
+        runners, labels = {}, {}
         for variant in ("",) + tuple(variants):
-            limit, best = model_limit(case, device, repeats=repeats, variant=variant)
-            limits[variant] = limit
-            label = f"model limit{' +' + variant if variant else ''}"
-            rows.append(f"| {name} | {label} ({case.batch}x{case.n_steps} fwd+bwd, best {best}/pass) | - | {limit:.3f} | - | - | 1.00 |")
+            _, per_pass = best_pass_size(case, device, variant=variant)
+            key = f"limit+{variant}"
+            runners[key] = (lambda p=per_pass, v=variant: limit_runner(case, device, p, v))
+            labels[key] = f"model limit{' +' + variant if variant else ''} ({case.batch}x{case.n_steps} fwd+bwd, best {per_pass}/pass)"
+        entries = []
         for method in methods:
             impls = ("fastattr", "captum") if method == "guided_backprop" else IMPLS
-            impls = impls + tuple(f"fastattr+{v}" for v in variants)
-            times = {}
-            for impl in impls:
-                times[impl] = t = _time_or_oom(lambda: make_runner(case, method, impl, device), device, repeats)
-                mem = peak_memory_mb(name, method, impl, device)
-                limit = limits[impl.partition("+")[2]]
-                ratio_limit = f"{t / limit:.2f}" if method != "guided_backprop" else "-"
-                rows.append(
-                    f"| {name} | {method} | {impl} | {t:.3f} | {mem:.0f} | {t / times['fastattr']:.2f} | {ratio_limit} |"
-                )
-            print("\n".join(rows[-len(impls):]), flush=True)
+            for impl in impls + tuple(f"fastattr+{v}" for v in variants):
+                key = f"{method}:{impl}"
+                runners[key] = (lambda m=method, i=impl: make_runner(case, m, i, device))
+                entries.append((key, method, impl))
+        times = _interleaved(runners, device, repeats)
+        for variant in ("",) + tuple(variants):
+            key = f"limit+{variant}"
+            rows.append(f"| {name} | {labels[key]} | - | {statistics.median(times[key]):.3f} | - | - | 1.00 |")
+        for key, method, impl in entries:
+            t = statistics.median(times[key])
+            mem = peak_memory_mb(name, method, impl, device)
+            own = times[f"{method}:fastattr"]
+            limit = times[f"limit+{impl.partition('+')[2]}"]
+            ratio_limit = f"{_median_ratio(times[key], limit):.2f}" if method != "guided_backprop" else "-"
+            rows.append(
+                f"| {name} | {method} | {impl} | {t:.3f} | {mem:.0f} | {_median_ratio(times[key], own):.2f} | {ratio_limit} |"
+            )
+            print(rows[-1], flush=True)
     return "\n".join(rows)
 
 
@@ -286,7 +341,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cases", nargs="+", default=["resnet18-224", "small-cnn-64"], choices=sorted(CASES))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
     p.add_argument("--variants", nargs="*", default=[], choices=VARIANTS,
                    help="also time fastattr with torch.compile(model) and/or bf16 autocast")
     p.add_argument("--out", type=Path)

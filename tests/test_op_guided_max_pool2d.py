@@ -249,6 +249,27 @@ def test_backward_out_of_range_indices(device):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("config", ["2x2", "rect-2x2", "global", "2x2-odd-7to3"])
+@pytest.mark.parametrize("mode", MODES)
+def test_backward_any_in_range_indices_match_reference(device, config, mode):
+    """The backward op accepts any indices in [0, H*W), also ones no forward
+    pass produces (several outputs routed to one input, an argmax outside its
+    window). Tiled pools (2x2 on even sizes, global) have a CPU shortcut that
+    holds only for forward-pass indices; planes with other indices must still
+    follow the rule. Planes 0-1 hold forward indices, planes 2-5 random ones."""
+    hw, kw = pool_args(config)
+    x = make_input(hw, torch.float64, device, batch=(2, 3))
+    _, idx = ops.guided_max_pool2d(x, **kw)
+    idx = idx.clone()
+    idx.view(6, -1)[2:] = torch.randint(0, hw[0] * hw[1], idx.view(6, -1)[2:].shape, device=device)
+    g = mixed_grad(idx.shape, torch.float64, device)
+    geometry = _geometry(kw)
+    out = ops.guided_max_pool2d_backward(g, idx, x.shape, **geometry, mode=mode)
+    expected = reference.guided_max_pool2d_backward(g, idx, x.shape, *geometry.values(), mode)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_empty_batch(device):
     x = torch.empty(0, 3, 6, 6, device=device, requires_grad=True)
     for mode in MODES:

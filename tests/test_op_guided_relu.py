@@ -231,6 +231,50 @@ def test_inplace_usage_via_guided(device, apply, upper):
     assert not torch.equal(plain, grad)
 
 
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("upper", UPPERS)
+@pytest.mark.parametrize("mode", MODES)
+def test_inplace_op_equals_functional_op(device, dtype, contiguous, upper, mode):
+    """guided_relu_ writes the functional op's value into its input (also a
+    strided view) and returns that tensor; its gradient is the same rule."""
+    x = grid_input((3, 5, 7), dtype, device, contiguous).requires_grad_()
+    g = grad_like(x)
+    h = x * 1.0 if contiguous else non_contiguous((x * 1.0).contiguous())
+    version = h._version
+    y = ops.guided_relu_(h, mode, upper)
+    assert y is h and h._version > version
+    expected = ops.guided_relu(x, mode, upper)
+    assert torch.equal(y, expected)
+    (grad,) = torch.autograd.grad(y, x, g)
+    (expected_grad,) = torch.autograd.grad(expected, x, g)
+    assert torch.equal(grad, expected_grad)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("upper", UPPERS)
+def test_inplace_op_double_backward(mode, upper):
+    x = torch.randn(4, 6, dtype=torch.float64) * 4
+    x = x + torch.where(x >= 0, 0.2, -0.2)
+    x = torch.where((x - 6).abs() < 0.2, x + 0.5, x).requires_grad_()
+    g = torch.randn(4, 6, dtype=torch.float64)
+    g = g + torch.where(g >= 0, 0.2, -0.2)
+    torch.autograd.gradgradcheck(lambda x_: ops.guided_relu_(x_ * 1.0, mode, upper), (x,), (g,))
+
+
+def test_inplace_op_errors():
+    x = torch.randn(2, 3)
+    with pytest.raises(TypeError, match="self must be a floating-point"):
+        ops.guided_relu_(torch.ones(2, 3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="mode must be 'guided' or 'deconvnet'"):
+        ops.guided_relu_(x, "reference")
+    with pytest.raises(ValueError, match="upper must be positive"):
+        ops.guided_relu_(x, "guided", 0.0)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        ops.guided_relu_(x.clone().requires_grad_())
+
+
 def test_errors(tensor_mode):
     x = torch.randn(2, 3)
     with pytest.raises(RuntimeError, match="self must be a floating-point"):

@@ -28,6 +28,29 @@ torch.library.register_autograd(
 )
 
 
+class GuidedReluInplace(torch.autograd.Function):
+    """In-place guided ReLU (``F.relu(x, inplace=True)`` under ``fastattr.guided``).
+
+    The forward is ATen's in-place clamp (no allocation, one pass), the backward
+    the fused ``_guided_relu_backward`` rule on the saved (mutated) output. Going
+    through the functional op and ``x.copy_(out)`` instead costs, per ReLU, an
+    extra tensor, a copy, a zero-filled gradient for the overwritten input and
+    its accumulation in backward."""
+
+    @staticmethod
+    def forward(ctx, x, mode, upper):
+        x.clamp_(min=0) if upper is None else x.clamp_(0, upper)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        ctx.mode, ctx.upper = mode, upper
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (result,) = ctx.saved_tensors
+        return torch.ops.fastattr._guided_relu_backward.default(grad_output, result, ctx.mode, ctx.upper), None, None
+
+
 def _guided_relu_backward_setup_context(ctx, inputs, output):
     # The rule passes grad_output through where it keeps it and writes 0
     # elsewhere; a kept value is > 0, so `output != 0` is exactly the mask.

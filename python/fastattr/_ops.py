@@ -58,6 +58,23 @@ def guided_relu(input: Tensor, mode: str = "guided", upper: float | None = None)
     return torch.ops.fastattr.guided_relu.default(input, mode, upper)
 
 
+def guided_relu_(input: Tensor, mode: str = "guided", upper: float | None = None) -> Tensor:
+    """In-place :func:`guided_relu`: clamps ``input`` itself and returns it; its
+    gradient follows ``mode``. The forward is ATen's in-place clamp, the backward
+    the fused ``_guided_relu_backward`` op (see ``_autograd.GuidedReluInplace``).
+    Under ``torch.compile`` it is traced as the functional op plus a copy, which
+    the compiler turns back into one in-place write."""
+    if mode not in ("guided", "deconvnet"):
+        raise ValueError(f"fastattr: mode must be 'guided' or 'deconvnet', got {mode!r}")
+    if upper is not None and not upper > 0:
+        raise ValueError(f"fastattr.guided_relu: upper must be positive or None, got {upper}")
+    if not input.dtype.is_floating_point:
+        raise TypeError(f"fastattr: self must be a floating-point tensor, got {input.dtype}")
+    if torch.compiler.is_compiling():
+        return input.copy_(guided_relu(input, mode, upper))
+    return _autograd.GuidedReluInplace.apply(input, mode, upper)
+
+
 def guided_relu_backward(grad_output: Tensor, result: Tensor, mode: str = "guided",
                          upper: float | None = None) -> Tensor:
     """The fused backward rule of :func:`guided_relu` given the forward output."""

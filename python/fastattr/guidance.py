@@ -27,11 +27,9 @@ POOL_MODES = ("reference", "window")
 
 
 def _relu(x, inplace: bool, mode: str, upper: float | None):
-    out = _ops.guided_relu(x, mode, upper)
     if inplace:
-        # The op saves its output, not its input, so overwriting x is safe for autograd.
-        return x.copy_(out)
-    return out
+        return _ops.guided_relu_(x, mode, upper)
+    return _ops.guided_relu(x, mode, upper)
 
 
 class GuidedMode(TorchFunctionMode):

@@ -27,26 +27,32 @@ from ._common import model_output, select_target
 # Default rows per forward pass: an input-element budget per device, so that a
 # chunk's activation memory (roughly proportional to its input elements for
 # convolutional nets) stays bounded whatever n_steps and the batch are.
-# CPU, measured (IG, n_steps=32, 2 shared cores): larger passes do not run faster
-# (resnet18 at 224x224: 4 to 128 rows all took 55-90 s; a 3-conv CNN at 64x64:
-# 32-256 rows within noise, 8 rows slower with 2 threads) while memory grows
-# linearly (~24 MB per row for resnet18 at 224x224, ~2 MB per row for the CNN).
-# 2**20 elements is 6 rows at 3x224x224 (~150 MB) and 85 rows at 3x64x64.
+# CPU, measured (IG, n_steps=32, 2 shared cores, interleaved runs): passes larger
+# than the caches run slower, not faster. The bundled 3x64x64 CNN: 32 rows/pass
+# 1.05 s, 80 rows 1.37 s (10 rounds); torchvision resnet18 at 3x224x224: 4 and
+# 8 rows within 5%, 16 rows slower. Memory grows linearly (~24 MB per row for
+# resnet18 at 224x224, ~2 MB per row for the CNN). Budget 2**19 elements (42
+# rows at 3x64x64), except that one step of the whole batch is not split while
+# it holds at most 2**20 elements (resnet18, B=4: 4 rows, not 3 + 1).
 # CUDA: 2**23 elements (~55 rows at 3x224x224, ~1.3 GB for resnet18), to keep
-# the GPU busy; not measured here.
-_DEFAULT_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 23}
+# the GPU busy.
+_DEFAULT_ELEMENTS = {"cpu": 1 << 19, "cuda": 1 << 23}
 _DEFAULT_MAX_ROWS = 512
 
 
 def default_batch_size(inputs: Tensor) -> int:
     """Rows per forward pass when ``batch_size=None``:
-    ``clamp(budget // elements_per_sample, 1, 512)`` with a budget of 2**20
-    input elements on the CPU (6 images of 3x224x224, 85 of 3x64x64) and 2**23
-    on CUDA (and other accelerators). Peak memory is thus bounded independently
-    of ``n_steps`` and of the number of samples."""
+    ``clamp(budget // elements_per_sample, 1, 512)`` with a budget of 2**19
+    input elements on the CPU (42 images of 3x64x64, 3 of 3x224x224) and 2**23
+    on CUDA (and other accelerators), raised to the batch size B when the B
+    samples hold at most twice the budget (so a small batch is not split).
+    Peak memory is thus bounded independently of ``n_steps`` and of B."""
     per_sample = max(1, math.prod(inputs.shape[1:]))
     budget = _DEFAULT_ELEMENTS["cpu" if inputs.device.type == "cpu" else "cuda"]
-    return max(1, min(_DEFAULT_MAX_ROWS, budget // per_sample))
+    rows = budget // per_sample
+    if inputs.shape[0] * per_sample <= 2 * budget:
+        rows = max(rows, inputs.shape[0])
+    return max(1, min(_DEFAULT_MAX_ROWS, rows))
 
 
 def check_batch_size(batch_size, inputs: Tensor) -> int:
