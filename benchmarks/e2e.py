@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -266,13 +267,14 @@ def _proc_status_kb(field: str) -> int:
 
 
 def _interleaved(runners: dict, device, rounds: int) -> dict[str, list[float]]:
-    """Time every runner once per round, round-robin, after one warm-up each.
+    """Time every runner once per round, in a shuffled order, after one warm-up each.
     On a shared machine the speed drifts by 10-20% over minutes; interleaving
     puts each round's runs under the same conditions, so per-round ratios are
-    far steadier than ratios of separately taken medians. A runner that fails
-    (out of memory, Captum's hooks on in-place ReLUs) is reported as NaN."""
+    far steadier than ratios of separately taken medians. Returns the times per
+    runner and, for a runner that fails (out of memory, Captum's hooks on
+    in-place ReLUs), the reason instead of times."""
     times = {name: [] for name in runners}
-    live = {}
+    live, failures = {}, {}
     for name, factory in runners.items():
         try:
             fn = factory()
@@ -281,16 +283,20 @@ def _interleaved(runners: dict, device, rounds: int) -> dict[str, list[float]]:
             live[name] = fn
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             print(f"  {name} -> failed: {str(exc).splitlines()[0][:160]}", flush=True)
-            times[name] = [float("nan")]
+            times[name] = []
+            failures[name] = "out of memory" if isinstance(exc, torch.OutOfMemoryError) else str(exc).splitlines()[0][:60]
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-    for _ in range(rounds):
-        for name, fn in live.items():
+    order = list(live)
+    for r in range(rounds):
+        random.Random(r).shuffle(order)  # no runner always follows the same one
+        for name in order:
+            fn = live[name]
             t0 = time.perf_counter()
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - t0)
-    return times
+    return times, failures
 
 
 def _median_ratio(a: list[float], b: list[float]) -> float:
@@ -319,11 +325,15 @@ def report(device: str, cases, methods, repeats: int, variants=()) -> str:
                 key = f"{method}:{impl}"
                 runners[key] = (lambda m=method, i=impl: make_runner(case, m, i, device))
                 entries.append((key, method, impl))
-        times = _interleaved(runners, device, repeats)
+        times, failures = _interleaved(runners, device, repeats)
         for variant in ("",) + tuple(variants):
             key = f"limit+{variant}"
             rows.append(f"| {name} | {labels[key]} | - | {statistics.median(times[key]):.3f} | - | - | 1.00 |")
         for key, method, impl in entries:
+            if key in failures:
+                rows.append(f"| {name} | {method} | {impl} | fails: {failures[key]} | - | - | - |")
+                print(rows[-1], flush=True)
+                continue
             t = statistics.median(times[key])
             mem = peak_memory_mb(name, method, impl, device)
             own = times[f"{method}:fastattr"]

@@ -137,10 +137,13 @@ def test_default_batch_size_bounds_rows_not_n_steps(net):
     assert max(counter.rows) <= cap < 800 and sum(counter.rows) == 800
     assert default_batch_size(torch.zeros(1, 3, 224, 224)) < default_batch_size(torch.zeros(1, 3, 32, 32))
     assert default_batch_size(torch.zeros(1, 3, 4096, 4096)) == 1
-    # A small batch is not split into uneven passes (4 images of 224x224: 4
-    # rows, not 3 + 1); a large one is, whatever its size.
-    assert default_batch_size(torch.zeros(4, 3, 224, 224)) == 4
-    assert default_batch_size(torch.zeros(1000, 3, 224, 224)) == default_batch_size(torch.zeros(1, 3, 224, 224)) < 4
+    # CPU: 2**19 input elements for small samples, at least 8 rows for large
+    # ones while they hold <= 2**21 elements, and a batch that fits is not split.
+    assert default_batch_size(torch.zeros(16, 3, 64, 64)) == 42
+    assert default_batch_size(torch.zeros(4, 3, 224, 224)) == 8
+    assert default_batch_size(torch.zeros(12, 3, 224, 224)) == 12
+    assert default_batch_size(torch.zeros(1000, 3, 224, 224)) == 8
+    assert default_batch_size(torch.zeros(4, 3, 512, 512)) == 2
 
 
 # ---------------------------------------------------------------------------

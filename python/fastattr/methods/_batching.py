@@ -24,34 +24,43 @@ from torch import Tensor
 
 from ._common import model_output, select_target
 
-# Default rows per forward pass: an input-element budget per device, so that a
-# chunk's activation memory (roughly proportional to its input elements for
-# convolutional nets) stays bounded whatever n_steps and the batch are.
-# CPU, measured (IG, n_steps=32, 2 shared cores, interleaved runs): passes larger
-# than the caches run slower, not faster. The bundled 3x64x64 CNN: 32 rows/pass
-# 1.05 s, 80 rows 1.37 s (10 rounds); torchvision resnet18 at 3x224x224: 4 and
-# 8 rows within 5%, 16 rows slower. Memory grows linearly (~24 MB per row for
-# resnet18 at 224x224, ~2 MB per row for the CNN). Budget 2**19 elements (42
-# rows at 3x64x64), except that one step of the whole batch is not split while
-# it holds at most 2**20 elements (resnet18, B=4: 4 rows, not 3 + 1).
+# Default rows per forward pass, from input elements (a proxy for a chunk's
+# activation memory in convolutional nets), so that peak memory is bounded
+# whatever n_steps and the batch are.
+# CPU, measured (n_steps=32, 2 shared cores, interleaved rounds): a pass pays a
+# fixed per-layer cost, and loses cache locality once its activations outgrow
+# the caches. Small samples: the bundled 3x64x64 CNN ran IG at 32 rows/pass in
+# 1.05 s and at 80 rows in 1.37 s (10 rounds), so 2**19 input elements (42 rows
+# of 3x64x64). Large samples, whose single-row activations exceed the caches
+# anyway: torchvision resnet18 at 3x224x224 ran IG at 8 rows/pass 7% faster
+# than at 4 and GNL-IG 10% faster (6 rounds), 16 rows no faster, so at least 8
+# rows as long as they hold at most 2**21 elements (~200 MB of resnet18
+# activations). And a batch of at most 2**21 elements is never split into
+# uneven passes (B=4 at 224x224: 4 rows, not 3 + 1).
 # CUDA: 2**23 elements (~55 rows at 3x224x224, ~1.3 GB for resnet18), to keep
 # the GPU busy.
-_DEFAULT_ELEMENTS = {"cpu": 1 << 19, "cuda": 1 << 23}
+_CPU_ELEMENTS, _CPU_MIN_ROWS, _CPU_MAX_ELEMENTS = 1 << 19, 8, 1 << 21
+_CUDA_ELEMENTS = 1 << 23
 _DEFAULT_MAX_ROWS = 512
 
 
 def default_batch_size(inputs: Tensor) -> int:
-    """Rows per forward pass when ``batch_size=None``:
-    ``clamp(budget // elements_per_sample, 1, 512)`` with a budget of 2**19
-    input elements on the CPU (42 images of 3x64x64, 3 of 3x224x224) and 2**23
-    on CUDA (and other accelerators), raised to the batch size B when the B
-    samples hold at most twice the budget (so a small batch is not split).
-    Peak memory is thus bounded independently of ``n_steps`` and of B."""
+    """Rows per forward pass when ``batch_size=None``.
+
+    CUDA (and other accelerators): ``2**23 // elements_per_sample``. CPU:
+    ``2**19 // elements_per_sample`` (42 images of 3x64x64), raised to 8 rows
+    and to the batch size B as long as those rows hold at most 2**21 elements
+    (8 images of 3x224x224, not 3). Always between 1 and 512. Peak memory is
+    thus bounded independently of ``n_steps`` and of B."""
     per_sample = max(1, math.prod(inputs.shape[1:]))
-    budget = _DEFAULT_ELEMENTS["cpu" if inputs.device.type == "cpu" else "cuda"]
-    rows = budget // per_sample
-    if inputs.shape[0] * per_sample <= 2 * budget:
-        rows = max(rows, inputs.shape[0])
+    if inputs.device.type != "cpu":
+        rows = _CUDA_ELEMENTS // per_sample
+    else:
+        rows = _CPU_ELEMENTS // per_sample
+        fits = _CPU_MAX_ELEMENTS // per_sample
+        rows = max(rows, min(_CPU_MIN_ROWS, fits))
+        if inputs.shape[0] <= fits:
+            rows = max(rows, inputs.shape[0])
     return max(1, min(_DEFAULT_MAX_ROWS, rows))
 
 
