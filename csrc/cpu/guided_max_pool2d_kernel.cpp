@@ -65,7 +65,7 @@ void guided_max_pool2d_backward_kernel_impl(const scalar_t* grad_out, const int6
           const int64_t j = i_plane[o];
           if (j < 0 || j >= in_plane) continue;
           const opmath_t g = static_cast<opmath_t>(g_plane[o]);
-          acc[j] += g > opmath_t(0) ? g : opmath_t(0);
+          acc[j] += keep_or_zero(g > opmath_t(0), g);
         }
       } else {
         const int64_t* cell = nearest_cell.data();
@@ -73,7 +73,7 @@ void guided_max_pool2d_backward_kernel_impl(const scalar_t* grad_out, const int6
           const int64_t j = i_plane[o];
           if (j < 0 || j >= in_plane) continue;
           const bool keep = static_cast<opmath_t>(g_plane[cell[j]]) > opmath_t(0);
-          acc[j] += keep ? static_cast<opmath_t>(g_plane[o]) : opmath_t(0);
+          acc[j] += keep_or_zero(keep, static_cast<opmath_t>(g_plane[o]));
         }
       }
       if (!kInPlace) {
