@@ -254,9 +254,9 @@ def test_backward_out_of_range_indices(device):
 def test_backward_any_in_range_indices_match_reference(device, config, mode):
     """The backward op accepts any indices in [0, H*W), also ones no forward
     pass produces (several outputs routed to one input, an argmax outside its
-    window). Tiled pools (2x2 on even sizes, global) have a CPU shortcut that
-    holds only for forward-pass indices; planes with other indices must still
-    follow the rule. Planes 0-1 hold forward indices, planes 2-5 random ones."""
+    window), in tiled (2x2 on even sizes, global) and non-tiled pools; every
+    plane must follow the rule. Planes 0-1 hold forward indices, planes 2-5
+    random ones."""
     hw, kw = pool_args(config)
     x = make_input(hw, torch.float64, device, batch=(2, 3))
     _, idx = ops.guided_max_pool2d(x, **kw)

@@ -156,16 +156,23 @@ def test_opcheck(device, mode, upper, requires_grad):
     torch.library.opcheck(torch.ops.fastattr._guided_relu_backward.default, (g, result, mode, upper))
 
 
+def away_from_kinks():
+    """float64 input x (requires grad) and gradient g, every value at least 0.2
+    away from the rule's kinks (x at 0 and 6, g at 0), for gradcheck."""
+    x = torch.randn(4, 6, dtype=torch.float64) * 4
+    x = x + torch.where(x >= 0, 0.2, -0.2)
+    x = torch.where((x - 6).abs() < 0.2, x + 0.5, x).requires_grad_()
+    g = torch.randn(4, 6, dtype=torch.float64)
+    return x, g + torch.where(g >= 0, 0.2, -0.2)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("upper", UPPERS)
 def test_double_backward(mode, upper):
     """The rule is linear in grad_output where its mask is constant, so it has a
     true derivative; create_graph=True must give it (not a silent zero)."""
-    x = torch.randn(4, 6, dtype=torch.float64) * 4
-    x = x + torch.where(x >= 0, 0.2, -0.2)  # away from the kinks at 0 and 6
-    x = torch.where((x - 6).abs() < 0.2, x + 0.5, x).requires_grad_()
-    g = torch.randn(4, 6, dtype=torch.float64)
-    g = (g + torch.where(g >= 0, 0.2, -0.2)).requires_grad_()
+    x, g = away_from_kinks()
+    g.requires_grad_()
     # As a function of (grad_output, result) the rule has kinks at result == 0
     # and == upper; x itself (values away from them) serves as `result` here.
     result = x.detach().clone().requires_grad_()
@@ -255,11 +262,7 @@ def test_inplace_op_equals_functional_op(device, dtype, contiguous, upper, mode)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("upper", UPPERS)
 def test_inplace_op_double_backward(mode, upper):
-    x = torch.randn(4, 6, dtype=torch.float64) * 4
-    x = x + torch.where(x >= 0, 0.2, -0.2)
-    x = torch.where((x - 6).abs() < 0.2, x + 0.5, x).requires_grad_()
-    g = torch.randn(4, 6, dtype=torch.float64)
-    g = g + torch.where(g >= 0, 0.2, -0.2)
+    x, g = away_from_kinks()
     torch.autograd.gradgradcheck(lambda x_: ops.guided_relu_(x_ * 1.0, mode, upper), (x,), (g,))
 
 

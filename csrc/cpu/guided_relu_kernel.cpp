@@ -4,7 +4,6 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <limits>
 
 #include "../ops/guided_relu.h"
@@ -42,19 +41,11 @@ void guided_relu_backward_kernel_impl(const scalar_t* grad_out, const scalar_t* 
         const opmath_t g = static_cast<opmath_t>(grad_out[i]);
         grad_in[i] = static_cast<scalar_t>(keep_or_zero(g > opmath_t(0), g));
       }
-    } else if (std::isinf(upper)) {
-      // ReLU: no upper edge to test (one compare fewer per element).
-      for (int64_t i = begin; i < end; ++i) {
-        const opmath_t g = static_cast<opmath_t>(grad_out[i]);
-        const opmath_t r = static_cast<opmath_t>(result[i]);
-        // `&`, not `&&`: no short-circuit branches, so the loop vectorises.
-        const bool keep = (g > opmath_t(0)) & (r > opmath_t(0));
-        grad_in[i] = static_cast<scalar_t>(keep_or_zero(keep, g));
-      }
     } else {
       for (int64_t i = begin; i < end; ++i) {
         const opmath_t g = static_cast<opmath_t>(grad_out[i]);
         const opmath_t r = static_cast<opmath_t>(result[i]);
+        // `&`, not `&&`: no short-circuit branches, so the loop vectorises.
         const bool keep = (g > opmath_t(0)) & (r > opmath_t(0)) & (r < hi);
         grad_in[i] = static_cast<scalar_t>(keep_or_zero(keep, g));
       }

@@ -41,14 +41,10 @@ class GuidedReluInplace(torch.autograd.Function):
     def forward(ctx, x, mode, upper):
         x.clamp_(min=0) if upper is None else x.clamp_(0, upper)
         ctx.mark_dirty(x)
-        ctx.save_for_backward(x)
-        ctx.mode, ctx.upper = mode, upper
+        _guided_relu_setup_context(ctx, (x, mode, upper), x)
         return x
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        (result,) = ctx.saved_tensors
-        return torch.ops.fastattr._guided_relu_backward.default(grad_output, result, ctx.mode, ctx.upper), None, None
+    backward = staticmethod(_guided_relu_backward)
 
 
 def _guided_relu_backward_setup_context(ctx, inputs, output):
