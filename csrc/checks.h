@@ -29,9 +29,16 @@ inline PoolRule parse_pool_rule(c10::string_view mode) {
               std::string(mode), "'");
 }
 
+// Python's name of a dtype ("torch.float32"): the fake kernels
+// (python/fastattr/_meta.py) print dtypes that way, and messages must read the
+// same from both.
+inline std::string dtype_name(at::ScalarType t) {
+  return "torch." + std::string(c10::getDtypeNames(t).first);
+}
+
 inline void check_floating(const at::Tensor& t, const char* name) {
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fastattr: ", name,
-              " must be a floating-point tensor, got ", t.scalar_type());
+              " must be a floating-point tensor, got ", dtype_name(t.scalar_type()));
 }
 
 inline void check_same_shape(const at::Tensor& a, const char* a_name,
@@ -43,8 +50,8 @@ inline void check_same_shape(const at::Tensor& a, const char* a_name,
 inline void check_same_dtype(const at::Tensor& a, const char* a_name,
                              const at::Tensor& b, const char* b_name) {
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), "fastattr: ", a_name, " and ",
-              b_name, " must have the same dtype, got ", a.scalar_type(),
-              " and ", b.scalar_type());
+              b_name, " must have the same dtype, got ", dtype_name(a.scalar_type()),
+              " and ", dtype_name(b.scalar_type()));
 }
 
 inline void check_same_device(const at::Tensor& a, const char* a_name,
@@ -52,6 +59,30 @@ inline void check_same_device(const at::Tensor& a, const char* a_name,
   TORCH_CHECK(a.device() == b.device(), "fastattr: ", a_name, " and ", b_name,
               " must be on the same device, got ", a.device(), " and ",
               b.device());
+}
+
+// Memory-format rules (the fake kernels in python/fastattr/_meta.py state the
+// same ones, so that FakeTensor strides equal the kernels' strides).
+//
+// An elementwise operand: `t` itself when it is non-overlapping and dense (its
+// memory is then a permutation of a contiguous tensor, readable as a flat
+// array, and an output with its strides matches it offset for offset), else a
+// contiguous copy in its suggested memory format. This is the layout ATen's
+// elementwise ops give their results, except that a non-dense input is not
+// given an inferred stride permutation.
+inline at::Tensor dense_or_contiguous(const at::Tensor& t) {
+  return t.is_non_overlapping_and_dense() ? t : t.contiguous(t.suggest_memory_format());
+}
+
+// Two dense tensors of one shape that map every index to the same offset: equal
+// strides on every dimension of size > 1 (a size-1 dimension's stride is never
+// used, and ATen leaves it arbitrary, e.g. (N, C, 1, 1) in NCHW vs NHWC).
+inline bool same_dense_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (!a.is_non_overlapping_and_dense() || !b.is_non_overlapping_and_dense()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
 }
 
 // Output-size arithmetic of nn.MaxPool2d (ATen's pooling_output_shape).

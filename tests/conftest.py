@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 
 def pytest_collection_modifyitems(config, items):
@@ -21,14 +20,3 @@ def _restore_rng():
     torch.set_rng_state(state)
     if cuda_state is not None:
         torch.cuda.set_rng_state_all(cuda_state)
-
-
-@pytest.fixture(params=["eager", "fake"])
-def tensor_mode(request):
-    """Errors must be the same from the C++ kernels and from the fake kernels
-    (what torch.compile and torch.export see)."""
-    if request.param == "eager":
-        yield None
-    else:
-        with FakeTensorMode():
-            yield "fake"

@@ -1,20 +1,28 @@
-"""Tests of fastattr::guided_max_pool2d and fastattr::_guided_max_pool2d_backward.
+"""Tests of fastattr::guided_max_pool2d and fastattr::_guided_max_pool2d_backward
+that are specific to them: oracles over every pool geometry and the error
+messages. Generic layouts, empty inputs, opcheck, torch.compile and CPU/CUDA
+parity are in tests/test_op_harness.py (shared by every op).
 
-Forward: nn.MaxPool2d with indices. Backward (spec §1.2): "reference" is the
-GNL rule, the standard routed max-pool gradient times the nearest-upsampled
-``grad_output > 0`` mask; "window" routes only positive gradients to each
-window's argmax. Every configuration kind nn.MaxPool2d accepts is covered:
-overlapping and not, padding, ceil_mode (with clipped last windows), dilation,
-non-square kernels/strides/paddings, rectangular and unbatched inputs, ties and
--inf.
+Forward: nn.MaxPool2d with indices, checked against reference.guided_max_pool2d,
+an independent float64 argmax over -inf-padded windows with ATen's tie rule
+(first maximum in window scan order; the last NaN). Backward (spec §1.2):
+"reference" is the GNL rule, the standard routed max-pool gradient times the
+nearest-upsampled ``grad_output > 0`` mask; "window" routes only positive
+gradients to each window's argmax. Every configuration kind nn.MaxPool2d
+accepts is covered: overlapping and not, padding, ceil_mode (with clipped last
+windows), dilation, non-square kernels/strides/paddings, rectangular and
+unbatched inputs, ties, -inf and NaN; in NCHW and in channels_last (whose
+backward is its own kernel).
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
 
 import fastattr
 from fastattr import reference
+from op_harness import assert_same_error
 from utils import DTYPES, TOLERANCES, cpu_and_cuda
 
 ops = fastattr.ops
@@ -39,11 +47,8 @@ CONFIGS = {
     "stride-gt-kernel": ((9, 9), 2, 3, 0, 1, False),  # some inputs in no window
 }
 CONFIG_IDS = list(CONFIGS)
-# Every dtype contiguous; the strided layouts (non-contiguous: transposed
-# strides, channels_last) in float32 and bfloat16.
-DTYPE_LAYOUTS = [(d, "contiguous") for d in DTYPES] + [
-    (d, layout) for d in (torch.float32, torch.bfloat16) for layout in ("transposed", "channels_last")
-]
+# Every dtype in NCHW; channels_last (its own backward kernel) in float32 and bfloat16.
+DTYPE_LAYOUTS = [(d, "contiguous") for d in DTYPES] + [(d, "channels_last") for d in (torch.float32, torch.bfloat16)]
 
 
 def make_input(hw, dtype, device, values="random", layout="contiguous", batch=(2, 3)):
@@ -56,6 +61,9 @@ def make_input(hw, dtype, device, values="random", layout="contiguous", batch=(2
         x[torch.rand(x.shape) < 0.4] = -float("inf")
         x[..., : min(3, hw[0]), : min(3, hw[1])] = -float("inf")
         x[0, 0] = -float("inf")
+    elif values == "nan":  # ties and NaN: a window with NaN chooses its last NaN
+        x = torch.randint(-2, 3, (*batch, *hw)).float()
+        x[torch.rand(x.shape) < 0.1] = float("nan")
     else:
         raise ValueError(values)
     x = x.to(dtype=dtype, device=device)
@@ -99,6 +107,7 @@ def nearest_mask(g, hw):
 @pytest.mark.parametrize("config", CONFIG_IDS)
 def test_forward_and_backward_match_reference(device, dtype, layout, config):
     hw, kw = pool_args(config)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     for values in ("random", "ties"):
         x = make_input(hw, dtype, device, values, layout).requires_grad_()
         ref_out, ref_idx = reference.guided_max_pool2d(x.detach().double(), **kw)
@@ -106,12 +115,15 @@ def test_forward_and_backward_match_reference(device, dtype, layout, config):
             out, idx = ops.guided_max_pool2d(x, **kw, mode=mode)
             assert out.dtype == dtype and idx.dtype == torch.int64
             assert torch.equal(out, ref_out.to(dtype)) and torch.equal(idx, ref_idx)
+            assert out.is_contiguous(memory_format=fmt) and idx.is_contiguous(memory_format=fmt)
             g = mixed_grad(out.shape, dtype, device, layout)
             (grad,) = torch.autograd.grad(out, x, g)
             expected = reference.guided_max_pool2d_backward(
                 g.double(), ref_idx, x.shape, kw["kernel_size"], kw["stride"], kw["padding"],
                 kw["dilation"], mode)
-            assert grad.shape == x.shape and grad.dtype == dtype
+            # In grad_output's suggested format: NCHW for a channels_last g whose
+            # strides are also NCHW's (a 1x1 output, as in "global").
+            assert grad.dtype == dtype and grad.is_contiguous(memory_format=suggest_memory_format(g))
             torch.testing.assert_close(grad, expected.to(dtype), **TOLERANCES[dtype])
 
 
@@ -180,6 +192,7 @@ def test_negative_infinity(device, dtype, config):
     for mode in MODES:
         out, idx = ops.guided_max_pool2d(x, **kw, mode=mode)
         assert torch.equal(out, ref_out.to(dtype)) and torch.equal(idx, ref_idx)
+        assert (out == -float("inf")).any()  # whole -inf windows: the first in-bounds element
         g = mixed_grad(out.shape, dtype, device)
         (grad,) = torch.autograd.grad(out, x, g)
         assert torch.isfinite(grad).all()
@@ -190,8 +203,21 @@ def test_negative_infinity(device, dtype, config):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("config", ["3x3s2p1-resnet", "3x3s2-ceil-clipped", "nonsquare-dil-ceil"])
+def test_nan_takes_the_last_nan_of_the_window(device, config):
+    hw, kw = pool_args(config)
+    x = make_input(hw, torch.float32, device, "nan")
+    ref_out, ref_idx = reference.guided_max_pool2d(x.double(), **kw)
+    out, idx = ops.guided_max_pool2d(x, **kw)
+    assert ref_out.isnan().any() and torch.equal(idx, ref_idx)
+    torch.testing.assert_close(out, ref_out.float(), equal_nan=True)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("config", ["3x3s2p1-resnet", "nonsquare-dil-ceil"])
 def test_unbatched_input(device, config):
+    """Differential: a (C, H, W) input gives what its (N, C, H, W) batch gives
+    for that sample (the batched op is pinned by test_forward_and_backward_match_reference)."""
     hw, kw = pool_args(config)
     x = make_input(hw, torch.float32, device, batch=(2, 3))
     for mode in MODES:
@@ -206,100 +232,81 @@ def test_unbatched_input(device, config):
         assert grad3.shape == x3.shape and torch.equal(grad3, grad4[1])
 
 
-@pytest.mark.needs_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("config", CONFIG_IDS)
-def test_cpu_cuda_parity(dtype, config):
-    hw, kw = pool_args(config)
-    x = make_input(hw, dtype, "cpu", "ties")
-    for mode in MODES:
-        out, idx = ops.guided_max_pool2d(x, **kw, mode=mode)
-        out_c, idx_c = ops.guided_max_pool2d(x.cuda(), **kw, mode=mode)
-        assert torch.equal(out_c.cpu(), out) and torch.equal(idx_c.cpu(), idx)
-        g = mixed_grad(out.shape, dtype, "cpu")
-        back = ops.guided_max_pool2d_backward(g, idx, x.shape, mode=mode, **_geometry(kw))
-        back_c = ops.guided_max_pool2d_backward(g.cuda(), idx_c, x.shape, mode=mode, **_geometry(kw))
-        assert torch.equal(back_c.cpu(), back)
-
-
 def _geometry(kw):
     return {k: kw[k] for k in ("kernel_size", "stride", "padding", "dilation")}
 
 
+def _pair(v):
+    return [v, v] if isinstance(v, int) else list(v)
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
-def test_backward_out_of_range_indices(device):
-    """Indices that no max-pool of this input size can produce: the wrapper
-    refuses them; the kernels (reached directly) skip them instead of writing
-    out of bounds, so the other planes' gradients are unaffected."""
-    g = torch.randn(1, 2, 3, 3, device=device)
-    good = torch.zeros(1, 2, 3, 3, dtype=torch.long, device=device)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_backward_out_of_range_indices(device, layout):
+    """Differential: indices that no max-pool of this input size can produce.
+    The wrapper refuses them; the kernels (reached directly) skip them instead
+    of writing out of bounds, so the result is that of the same call with the
+    bad index's gradient left out (the kernel on good indices is pinned by
+    test_backward_any_in_range_indices_match_reference)."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    g = torch.randn(1, 20, 3, 3, device=device).contiguous(memory_format=fmt)
+    good = torch.zeros(1, 20, 3, 3, dtype=torch.long, device=device).contiguous(memory_format=fmt)
     ref = torch.ops.fastattr._guided_max_pool2d_backward.default(
-        g, good, [1, 2, 6, 6], [2, 2], [2, 2], [0, 0], [1, 1], "window")
+        g, good, [1, 20, 6, 6], [2, 2], [2, 2], [0, 0], [1, 1], "window")
     for bad in (36, -1):
         idx = good.clone()
-        idx[0, 1, 2, 2] = bad
-        with pytest.raises(ValueError, match=r"indices must lie in \[0, H\*W\)"):
-            ops.guided_max_pool2d_backward(g, idx, (1, 2, 6, 6), 2, 2)
+        idx[0, 17, 2, 2] = bad
+        with pytest.raises(ValueError, match=r"indices must lie in \[0, H\*W\) = \[0, 36\)"):
+            ops.guided_max_pool2d_backward(g, idx, (1, 20, 6, 6), 2, 2)
         out = torch.ops.fastattr._guided_max_pool2d_backward.default(
-            g, idx, [1, 2, 6, 6], [2, 2], [2, 2], [0, 0], [1, 1], "window")
-        torch.testing.assert_close(out[0, 0], ref[0, 0])
-        expected = ref[0, 1].clone()
-        expected[0, 0] -= g[0, 1, 2, 2].clamp_min(0)
-        torch.testing.assert_close(out[0, 1], expected)
+            g, idx, [1, 20, 6, 6], [2, 2], [2, 2], [0, 0], [1, 1], "window")
+        expected = ref.clone()
+        expected[0, 17, 0, 0] -= g[0, 17, 2, 2].clamp_min(0)
+        torch.testing.assert_close(out, expected)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("config", ["2x2", "rect-2x2", "global", "2x2-odd-7to3"])
 @pytest.mark.parametrize("mode", MODES)
-def test_backward_any_in_range_indices_match_reference(device, config, mode):
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_backward_any_in_range_indices_match_reference(device, config, mode, layout):
     """The backward op accepts any indices in [0, H*W), also ones no forward
     pass produces (several outputs routed to one input, an argmax outside its
     window), in tiled (2x2 on even sizes, global) and non-tiled pools; every
-    plane must follow the rule. Planes 0-1 hold forward indices, planes 2-5
-    random ones."""
+    plane must follow the rule. Planes of image 0 hold forward indices, those
+    of image 1 random ones; 40 channels, so that the channels_last kernel
+    splits an image into channel blocks."""
     hw, kw = pool_args(config)
-    x = make_input(hw, torch.float64, device, batch=(2, 3))
+    x = make_input(hw, torch.float64, device, batch=(2, 40), layout=layout)
     _, idx = ops.guided_max_pool2d(x, **kw)
     idx = idx.clone()
-    idx.view(6, -1)[2:] = torch.randint(0, hw[0] * hw[1], idx.view(6, -1)[2:].shape, device=device)
-    g = mixed_grad(idx.shape, torch.float64, device)
+    idx[1] = torch.randint(0, hw[0] * hw[1], idx[1].shape, device=device)
+    g = mixed_grad(idx.shape, torch.float64, device, layout)
     geometry = _geometry(kw)
-    out = ops.guided_max_pool2d_backward(g, idx, x.shape, **geometry, mode=mode)
+    out = torch.ops.fastattr._guided_max_pool2d_backward.default(
+        g, idx, list(x.shape), *(_pair(v) for v in geometry.values()), mode)
     expected = reference.guided_max_pool2d_backward(g, idx, x.shape, *geometry.values(), mode)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-def test_empty_batch(device):
-    x = torch.empty(0, 3, 6, 6, device=device, requires_grad=True)
-    for mode in MODES:
-        out, idx = ops.guided_max_pool2d(x, 3, 2, 1, mode=mode)
-        assert out.shape == idx.shape == (0, 3, 3, 3)
-        (grad,) = torch.autograd.grad(out, x, torch.empty_like(out))
-        assert grad.shape == x.shape
-    # A backward with an empty input_size returns an empty gradient.
-    back = ops.guided_max_pool2d_backward(
-        torch.empty(2, 0, 3, 3, device=device), torch.empty(2, 0, 3, 3, dtype=torch.long, device=device),
-        (2, 0, 6, 6), 3, 2, 1)
-    assert back.shape == (2, 0, 6, 6)
-
-
-@pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("config", ["3x3s2p1-resnet", "nonsquare-dil-ceil"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", ["3x3s2p1-resnet", "3x3s1p1-ceil-inception", "nonsquare-dil-ceil"])
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(device, config, mode, requires_grad):
+def test_channels_last_backward_is_bit_identical_to_nchw(device, dtype, config, mode):
+    """Differential, by design: the NHWC kernel adds each element's gradients
+    in the NCHW kernel's order, so the two layouts give the same bits (the
+    NCHW side is pinned by test_forward_and_backward_match_reference)."""
     hw, kw = pool_args(config)
-    geo = _geometry(kw)
-    geo = {k: [v, v] if isinstance(v, int) else list(v) for k, v in geo.items()}
-    x = make_input(hw, torch.float32, device, "ties").requires_grad_(requires_grad)
-    args = (x, geo["kernel_size"], geo["stride"], geo["padding"], geo["dilation"], kw["ceil_mode"], mode)
-    torch.library.opcheck(torch.ops.fastattr.guided_max_pool2d.default, args)
-    out, idx = ops.guided_max_pool2d(x.detach(), **kw, mode=mode)
-    g = mixed_grad(out.shape, torch.float32, device).requires_grad_(requires_grad)
-    torch.library.opcheck(
-        torch.ops.fastattr._guided_max_pool2d_backward.default,
-        (g, idx, list(x.shape), geo["kernel_size"], geo["stride"], geo["padding"], geo["dilation"], mode))
+    x = make_input(hw, dtype, device, "ties", batch=(3, 40))
+    _, idx = ops.guided_max_pool2d(x, **kw)
+    g = mixed_grad(idx.shape, dtype, device)
+    args = (list(x.shape), *(_pair(v) for v in _geometry(kw).values()), mode)
+    back = torch.ops.fastattr._guided_max_pool2d_backward.default
+    nchw = back(g, idx, *args)
+    nhwc = back(g.contiguous(memory_format=torch.channels_last), idx.contiguous(memory_format=torch.channels_last), *args)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and nchw.is_contiguous()
+    assert torch.equal(nhwc, nchw)
 
 
 @pytest.mark.parametrize("config", ["3x3s2p1-resnet", "2x2-odd-7to3", "nonsquare-dil-ceil"])
@@ -316,61 +323,54 @@ def test_backward_op_gradient(config, mode):
         lambda g_: ops.guided_max_pool2d_backward(g_, idx, x.shape, mode=mode, **_geometry(kw)), (g,))
 
 
-@pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("mode, backend", [("reference", "inductor"), ("window", "aot_eager")])
-def test_torch_compile_matches_eager(device, mode, backend):
-    conv = torch.nn.Conv2d(2, 4, 3, padding=1).to(device)
-
-    def f(x):
-        h = ops.guided_relu(conv(x), "guided")
-        out, _ = ops.guided_max_pool2d(h, 3, 2, 1, ceil_mode=True, mode=mode)
-        return (out * out.detach().flip(-1)).sum()
-
-    x_eager = torch.randn(2, 2, 9, 9, device=device, requires_grad=True)
-    x_comp = x_eager.detach().clone().requires_grad_()
-    f(x_eager).backward()
-    out_comp = torch.compile(f, fullgraph=True, backend=backend)(x_comp)
-    out_comp.backward()
-    torch.testing.assert_close(out_comp, f(x_eager.detach()))
-    torch.testing.assert_close(x_comp.grad, x_eager.grad)
-    assert (x_eager.grad != 0).any()
-
-
-def test_errors(tensor_mode):
+def _pool_errors():
     op = torch.ops.fastattr.guided_max_pool2d.default
     back = torch.ops.fastattr._guided_max_pool2d_backward.default
-    x = torch.randn(1, 2, 6, 6)
-    two = [2, 2]
-    with pytest.raises(RuntimeError, match="self must be a floating-point"):
-        op(torch.ones(1, 2, 6, 6, dtype=torch.int64), two, two, [0, 0], [1, 1], False, "reference")
-    with pytest.raises(RuntimeError, match="self must be 4-D"):
-        op(torch.randn(1, 1, 2, 6, 6), two, two, [0, 0], [1, 1], False, "reference")
-    with pytest.raises(RuntimeError, match="mode must be 'reference' or 'window'"):
-        op(x, two, two, [0, 0], [1, 1], False, "guided")
-    with pytest.raises(RuntimeError, match="kernel_size must be two positive ints"):
-        op(x, [0, 2], two, [0, 0], [1, 1], False, "reference")
-    with pytest.raises(RuntimeError, match="stride must be two positive ints"):
-        op(x, two, [2, 0], [0, 0], [1, 1], False, "reference")
-    with pytest.raises(RuntimeError, match="dilation must be two positive ints"):
-        op(x, two, two, [0, 0], [0, 1], False, "reference")
-    with pytest.raises(RuntimeError, match="padding must be non-negative and at most half"):
-        op(x, [3, 3], two, [2, 1], [1, 1], False, "reference")
-    with pytest.raises(RuntimeError, match="too small"):
-        op(torch.randn(1, 2, 2, 2), [3, 3], two, [0, 0], [1, 1], False, "reference")
-    g = torch.randn(1, 2, 3, 3)
-    idx = torch.zeros(1, 2, 3, 3, dtype=torch.long)
+    two, zero, one = [2, 2], [0, 0], [1, 1]
+    x = lambda: torch.randn(1, 2, 6, 6)  # noqa: E731  (made inside each call: fake or real)
+    g = lambda: torch.randn(1, 2, 3, 3)  # noqa: E731
+    idx = lambda: torch.zeros(1, 2, 3, 3, dtype=torch.long)  # noqa: E731
     size = [1, 2, 6, 6]
-    with pytest.raises(RuntimeError, match="indices must be int64"):
-        back(g, idx.int(), size, two, two, [0, 0], [1, 1], "reference")
-    with pytest.raises(RuntimeError, match="grad_output and indices must have the same shape"):
-        back(g, idx[..., :2], size, two, two, [0, 0], [1, 1], "reference")
-    with pytest.raises(RuntimeError, match="grad_output must be 4-D"):
-        back(g[0], idx[0], size, two, two, [0, 0], [1, 1], "reference")
-    with pytest.raises(RuntimeError, match="grad_output must be a floating-point"):
-        back(idx, idx, size, two, two, [0, 0], [1, 1], "reference")
-    with pytest.raises(RuntimeError, match="input_size must be"):
-        back(g, idx, [2, 2, 6, 6], two, two, [0, 0], [1, 1], "reference")
-    with pytest.raises(RuntimeError, match="kernel_size must be"):
-        back(g, idx, size, [2, -1], two, [0, 0], [1, 1], "reference")
-    with pytest.raises(RuntimeError, match="mode must be"):
-        back(g, idx, size, two, two, [0, 0], [1, 1], "nearest")
+    return {
+        "self-int": (lambda: op(torch.ones(1, 2, 6, 6, dtype=torch.int64), two, two, zero, one, False, "reference"),
+                     r"^fastattr: self must be a floating-point tensor, got torch.int64$"),
+        "self-5d": (lambda: op(torch.randn(1, 1, 2, 6, 6), two, two, zero, one, False, "reference"),
+                    r"^fastattr.guided_max_pool2d: self must be 4-D \(N, C, H, W\), got 5-D$"),
+        "mode": (lambda: op(x(), two, two, zero, one, False, "guided"),
+                 r"^fastattr: mode must be 'reference' or 'window', got 'guided'$"),
+        "kernel": (lambda: op(x(), [0, 2], two, zero, one, False, "reference"),
+                   r"^fastattr.guided_max_pool2d: kernel_size must be two positive ints, got \[0, 2\]$"),
+        "stride": (lambda: op(x(), two, [2, 0], zero, one, False, "reference"),
+                   r"stride must be two positive ints, got \[2, 0\]$"),
+        "dilation": (lambda: op(x(), two, two, zero, [0, 1], False, "reference"),
+                     r"dilation must be two positive ints, got \[0, 1\]$"),
+        "padding": (lambda: op(x(), [3, 3], two, [2, 1], one, False, "reference"),
+                    r"padding must be non-negative and at most half the kernel size, got padding=\[2, 1\] kernel_size=\[3, 3\]$"),
+        "too-small": (lambda: op(torch.randn(1, 2, 2, 2), [3, 3], two, zero, one, False, "reference"),
+                      r"^fastattr.guided_max_pool2d: output size of self \[1, 2, 2, 2\] is too small \(0x0\)$"),
+        "indices-int32": (lambda: back(g(), idx().int(), size, two, two, zero, one, "reference"),
+                          r"indices must be int64, got torch.int32$"),
+        "indices-shape": (lambda: back(g(), idx()[..., :2], size, two, two, zero, one, "reference"),
+                          r"^fastattr: grad_output and indices must have the same shape, got \[1, 2, 3, 3\] and \[1, 2, 3, 2\]$"),
+        "grad-3d": (lambda: back(g()[0], idx()[0], size, two, two, zero, one, "reference"),
+                    r"grad_output must be 4-D \(N, C, H, W\), got 3-D$"),
+        "grad-int": (lambda: back(idx(), idx(), size, two, two, zero, one, "reference"),
+                     r"^fastattr: grad_output must be a floating-point tensor, got torch.int64$"),
+        "input-size": (lambda: back(g(), idx(), [2, 2, 6, 6], two, two, zero, one, "reference"),
+                       r"input_size must be \(N, C, H, W\) matching grad_output's N and C, got \[2, 2, 6, 6\]$"),
+        "backward-kernel": (lambda: back(g(), idx(), size, [2, -1], two, zero, one, "reference"),
+                            r"kernel_size must be two positive ints, got \[2, -1\]$"),
+        "backward-mode": (lambda: back(g(), idx(), size, two, two, zero, one, "nearest"),
+                          r"^fastattr: mode must be 'reference' or 'window', got 'nearest'$"),
+    }
+
+
+POOL_ERRORS = _pool_errors()
+
+
+@pytest.mark.parametrize("error", list(POOL_ERRORS))
+def test_errors(error):
+    """Each bad argument is named with the expected and received values, in the
+    same words by the kernel and the fake kernel."""
+    call, match = POOL_ERRORS[error]
+    assert_same_error(call, match)

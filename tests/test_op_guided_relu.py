@@ -1,4 +1,7 @@
-"""Tests of fastattr::guided_relu and fastattr::_guided_relu_backward.
+"""Tests of fastattr::guided_relu and fastattr::_guided_relu_backward that are
+specific to them: the rule's mathematical oracles and the error messages.
+Layouts, empty inputs, opcheck, torch.compile and CPU/CUDA parity are in
+tests/test_op_harness.py (shared by every op).
 
 The forward is ReLU (upper=None) or ReLU6 (upper=6); the backward is a rule
 (spec §1.2): guided ``g * 1[0 < x < upper] * 1[g > 0]``, deconvnet ``relu(g)``.
@@ -14,11 +17,14 @@ from torch import nn
 import fastattr
 from fastattr import reference
 from fastattr.guidance import guided
+from op_harness import assert_same_error, fake_run
 from utils import DTYPES, TOLERANCES, cpu_and_cuda, non_contiguous
 
 ops = fastattr.ops
 SHAPES = [(17,), (2, 3, 5, 7)]
-LARGE = (2, 16411)  # more elements than one parallel_for grain (32768): several chunks
+# More elements than one parallel_for grain (32768): several chunks, 4-D so that
+# they can be channels_last (the kernels then read raw NHWC memory).
+LARGE = (2, 8, 41, 50)
 MODES = ["guided", "deconvnet"]
 UPPERS = [None, 6.0]
 
@@ -40,42 +46,38 @@ def grad_like(x, contiguous=True):
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("contiguous", [True, False])
 @pytest.mark.parametrize("upper", UPPERS)
-def test_forward_matches_reference(device, dtype, shape, contiguous, upper):
-    x = grid_input(shape, dtype, device, contiguous)
+def test_forward_matches_reference(device, dtype, shape, upper):
+    x = grid_input(shape, dtype, device)
     for mode in MODES:
         out = ops.guided_relu(x, mode, upper)
         expected = reference.guided_relu(x.double(), mode, upper)
-        assert out.dtype == dtype and out.device == x.device and out.is_contiguous()
+        assert out.dtype == dtype and out.device == x.device
         torch.testing.assert_close(out, expected.to(dtype), **TOLERANCES[dtype])
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("contiguous", [True, False])
 @pytest.mark.parametrize("upper", UPPERS)
 @pytest.mark.parametrize("mode", MODES)
-def test_backward_matches_reference(device, dtype, shape, contiguous, upper, mode):
-    x = grid_input(shape, dtype, device, contiguous).requires_grad_()
-    g = grad_like(x, contiguous)
+def test_backward_matches_reference(device, dtype, shape, upper, mode):
+    x = grid_input(shape, dtype, device).requires_grad_()
+    g = grad_like(x)
     (grad,) = torch.autograd.grad(ops.guided_relu(x, mode, upper), x, g)
     result64 = reference.guided_relu(x.detach().double(), mode, upper)
     expected = reference.guided_relu_backward(g.double(), result64, mode, upper)
-    assert grad.dtype == dtype and grad.shape == x.shape
+    assert grad.dtype == dtype
     torch.testing.assert_close(grad, expected.to(dtype), **TOLERANCES[dtype])
-    # The backward op called directly (non-contiguous operands included).
-    direct = ops.guided_relu_backward(g, ops.guided_relu(x.detach(), mode, upper), mode, upper)
-    assert torch.equal(direct, grad)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("contiguous", [True, False])
-def test_large_input(device, dtype, contiguous):
-    x = grid_input(LARGE, dtype, device, contiguous).requires_grad_()
-    g = grad_like(x, contiguous)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_large_input(device, dtype, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = grid_input(LARGE, dtype, device).contiguous(memory_format=fmt).requires_grad_()
+    g = grad_like(x).contiguous(memory_format=fmt)
     for upper in UPPERS:
         out = ops.guided_relu(x, "guided", upper)
         torch.testing.assert_close(out, reference.guided_relu(x.detach().double(), "guided", upper).to(dtype),
@@ -118,44 +120,6 @@ def test_forward_special_values():
     assert out6[1] == 6 and out6[0].isnan()
 
 
-@pytest.mark.needs_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("upper", UPPERS)
-def test_cpu_cuda_parity(dtype, upper):
-    x = grid_input(LARGE, dtype, "cpu")
-    g = grad_like(x)
-    for mode in MODES:
-        out_cpu = ops.guided_relu(x, mode, upper)
-        out_cuda = ops.guided_relu(x.cuda(), mode, upper)
-        assert torch.equal(out_cuda.cpu(), out_cpu)
-        back_cpu = ops.guided_relu_backward(g, out_cpu, mode, upper)
-        back_cuda = ops.guided_relu_backward(g.cuda(), out_cuda, mode, upper)
-        assert torch.equal(back_cuda.cpu(), back_cpu)
-
-
-@pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("shape", [(0,), (2, 0, 3)])
-def test_empty(device, shape):
-    x = torch.empty(shape, device=device, requires_grad=True)
-    out = ops.guided_relu(x, "guided", 6.0)
-    assert out.shape == shape
-    (grad,) = torch.autograd.grad(out, x, torch.empty(shape, device=device))
-    assert grad.shape == shape
-    assert ops.guided_relu_backward(out.detach(), out.detach(), "deconvnet").shape == shape
-
-
-@pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("upper", UPPERS)
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(device, mode, upper, requires_grad):
-    x = grid_input((3, 8), torch.float32, device).requires_grad_(requires_grad)
-    torch.library.opcheck(torch.ops.fastattr.guided_relu.default, (x, mode, upper))
-    result = ops.guided_relu(x.detach(), mode, upper).requires_grad_(requires_grad)
-    g = grad_like(x).requires_grad_(requires_grad)
-    torch.library.opcheck(torch.ops.fastattr._guided_relu_backward.default, (g, result, mode, upper))
-
-
 def away_from_kinks():
     """float64 input x (requires grad) and gradient g, every value at least 0.2
     away from the rule's kinks (x at 0 and 6, g at 0), for gradcheck."""
@@ -178,27 +142,6 @@ def test_double_backward(mode, upper):
     result = x.detach().clone().requires_grad_()
     torch.autograd.gradcheck(lambda g_, r_: ops.guided_relu_backward(g_, r_, mode, upper), (g, result))
     torch.autograd.gradgradcheck(lambda x_: ops.guided_relu(x_, mode, upper), (x,), (g.detach(),))
-
-
-@pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("upper, backend", [(None, "inductor"), (6.0, "aot_eager")])
-def test_torch_compile_matches_eager(device, upper, backend):
-    """fullgraph compile of a small net using the op, autograd included."""
-    w = torch.randn(8, 8, device=device)
-
-    def f(x):
-        h = ops.guided_relu(x @ w, "guided", upper)
-        return (ops.guided_relu(h - 1.0, "deconvnet", upper) * w[0]).sum()
-
-    x_eager = (torch.randn(5, 8, device=device) * 4).requires_grad_()
-    x_comp = x_eager.detach().clone().requires_grad_()
-    out_eager = f(x_eager)
-    out_eager.backward()
-    out_comp = torch.compile(f, fullgraph=True, backend=backend)(x_comp)
-    out_comp.backward()
-    torch.testing.assert_close(out_comp, out_eager)
-    torch.testing.assert_close(x_comp.grad, x_eager.grad)
-    assert (x_eager.grad != 0).any()
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -238,25 +181,94 @@ def test_inplace_usage_via_guided(device, apply, upper):
     assert not torch.equal(plain, grad)
 
 
+def _layout(t, layout):
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    return t if layout == "contiguous" else non_contiguous(t)
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "channels_last"])
 @pytest.mark.parametrize("upper", UPPERS)
 @pytest.mark.parametrize("mode", MODES)
-def test_inplace_op_equals_functional_op(device, dtype, contiguous, upper, mode):
-    """guided_relu_ writes the functional op's value into its input (also a
-    strided view) and returns that tensor; its gradient is the same rule."""
-    x = grid_input((3, 5, 7), dtype, device, contiguous).requires_grad_()
-    g = grad_like(x)
-    h = x * 1.0 if contiguous else non_contiguous((x * 1.0).contiguous())
-    version = h._version
+def test_inplace_op_equals_functional_op(device, dtype, layout, upper, mode):
+    """Differential: guided_relu_ writes the functional op's value into its
+    input (also a strided view, or channels_last, which it stays) and returns
+    that tensor; its gradient is the same rule. The functional side is pinned
+    by test_forward_matches_reference / test_backward_matches_reference and the
+    harness's reference tests."""
+    x = grid_input((2, 3, 5, 7), dtype, device).requires_grad_()
+    g = _layout(grad_like(x), layout)
+    h = _layout(x * 1.0, layout)
+    strides, version = h.stride(), h._version
     y = ops.guided_relu_(h, mode, upper)
-    assert y is h and h._version > version
+    assert y is h and h._version > version and h.stride() == strides
     expected = ops.guided_relu(x, mode, upper)
     assert torch.equal(y, expected)
     (grad,) = torch.autograd.grad(y, x, g)
     (expected_grad,) = torch.autograd.grad(expected, x, g)
     assert torch.equal(grad, expected_grad)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_channels_last_model_stays_channels_last(device):
+    """Under fastattr.guided, a channels_last conv net's ReLUs (functional and
+    in place) keep the layout in the forward pass and in the gradients that
+    pass through them; the gradient is the rule computed from PyTorch's own
+    ReLU gradient (spec §1.5.1), in float64."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1).to(device, torch.float64).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 9, 11, device=device, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    g = torch.randn(2, 8, 9, 11, device=device, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    seen = {}
+
+    def keep(name, t):
+        seen[name] = t.is_contiguous(memory_format=torch.channels_last)
+        t.register_hook(lambda grad: seen.__setitem__(name + ".grad", grad.is_contiguous(memory_format=torch.channels_last)))
+        return t
+
+    with guided():
+        h = keep("conv", conv(x))
+        y = keep("relu", F.relu(h))
+        z = F.relu(y * 1.0, inplace=True)
+        seen["relu_"] = z.is_contiguous(memory_format=torch.channels_last)
+    (grad,) = torch.autograd.grad(z, x, g)
+    assert set(seen) == {"conv", "conv.grad", "relu", "relu.grad", "relu_"} and all(seen.values()), seen
+    pre = conv(x).detach()
+    keep_mask = (pre > 0) & (g > 0)  # the second ReLU changes nothing after the first
+    (expected,) = torch.autograd.grad(conv(x), x, torch.where(keep_mask, g, 0))
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_output_layout_rules():
+    """The layout rules of the ops, stated case by case (the harness checks
+    that the fake kernels agree on every layout): guided_relu keeps any dense
+    layout, also a permuted one no memory format names; _guided_relu_backward
+    keeps its operands' layout when they share it (size-1 dimensions' strides
+    do not count) and otherwise uses grad_output's suggested format."""
+    x = torch.randn(4, 5, 6).permute(2, 0, 1)  # dense, strides (1, 30, 6)
+    assert ops.guided_relu(x).stride() == x.stride()
+    nchw = torch.randn(2, 8, 5, 5)
+    nhwc = nchw.contiguous(memory_format=torch.channels_last)
+    pooled = torch.randn(2, 8, 1, 1)  # NCHW and NHWC are the same memory; strides differ
+    pooled_nhwc = torch.empty_strided(pooled.shape, (8, 1, 8, 8)).copy_(pooled)
+    cases = [
+        (nhwc, nhwc, torch.channels_last),
+        (nhwc, nchw, torch.channels_last),
+        (nchw, nhwc, torch.contiguous_format),
+        (non_contiguous(nchw), non_contiguous(nchw), None),  # dense, same strides: kept
+        (pooled, pooled_nhwc, None),
+    ]
+    for g, r, fmt in cases:
+        out = ops.guided_relu_backward(g, r)
+        if fmt is None:
+            assert out.stride() == g.stride()
+        else:
+            assert out.is_contiguous(memory_format=fmt)
+        assert fake_run(ops.guided_relu_backward, (g, r)).stride() == out.stride()
+        torch.testing.assert_close(out, reference.guided_relu_backward(g, r))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -278,21 +290,29 @@ def test_inplace_op_errors():
         ops.guided_relu_(x.clone().requires_grad_())
 
 
-def test_errors(tensor_mode):
-    x = torch.randn(2, 3)
-    with pytest.raises(RuntimeError, match="self must be a floating-point"):
-        ops.guided_relu(torch.ones(2, 3, dtype=torch.int32))
-    with pytest.raises(RuntimeError, match="mode must be 'guided' or 'deconvnet'"):
-        ops.guided_relu(x, "reference")
-    with pytest.raises(RuntimeError, match="upper must be positive"):
-        ops.guided_relu(x, "guided", -1.0)
-    with pytest.raises(RuntimeError, match="grad_output and result must have the same shape"):
-        ops.guided_relu_backward(x, torch.randn(3, 2))
-    with pytest.raises(RuntimeError, match="grad_output and result must have the same dtype"):
-        ops.guided_relu_backward(x, x.double())
-    with pytest.raises(RuntimeError, match="grad_output must be a floating-point"):
-        ops.guided_relu_backward(x.long(), x.long())
-    with pytest.raises(RuntimeError, match="mode must be"):
-        ops.guided_relu_backward(x, x, "window")
-    with pytest.raises(RuntimeError, match="upper must be positive"):
-        ops.guided_relu_backward(x, x, "guided", 0.0)
+ERRORS = {
+    "self-int": (lambda: ops.guided_relu(torch.ones(2, 3, dtype=torch.int32)),
+                 r"^fastattr: self must be a floating-point tensor, got torch.int32$"),
+    "mode": (lambda: ops.guided_relu(torch.randn(2, 3), "reference"),
+             r"^fastattr: mode must be 'guided' or 'deconvnet', got 'reference'$"),
+    "upper": (lambda: ops.guided_relu(torch.randn(2, 3), "guided", -1.0),
+              r"^fastattr.guided_relu: upper must be positive or None, got -1$"),
+    "backward-shape": (lambda: ops.guided_relu_backward(torch.randn(2, 3), torch.randn(3, 2)),
+                       r"^fastattr: grad_output and result must have the same shape, got \[2, 3\] and \[3, 2\]$"),
+    "backward-dtype": (lambda: ops.guided_relu_backward(torch.randn(2, 3), torch.randn(2, 3).double()),
+                       r"^fastattr: grad_output and result must have the same dtype, got torch.float32 and torch.float64$"),
+    "backward-int": (lambda: ops.guided_relu_backward(torch.ones(2, 3, dtype=torch.int64), torch.ones(2, 3, dtype=torch.int64)),
+                     r"^fastattr: grad_output must be a floating-point tensor, got torch.int64$"),
+    "backward-mode": (lambda: ops.guided_relu_backward(torch.randn(2, 3), torch.randn(2, 3), "window"),
+                      r"^fastattr: mode must be 'guided' or 'deconvnet', got 'window'$"),
+    "backward-upper": (lambda: ops.guided_relu_backward(torch.randn(2, 3), torch.randn(2, 3), "guided", 0.0),
+                       r"^fastattr.guided_relu: upper must be positive or None, got 0$"),
+}
+
+
+@pytest.mark.parametrize("error", list(ERRORS))
+def test_errors(error):
+    """Each bad argument is named with the expected and received values, in the
+    same words by the kernel and the fake kernel."""
+    call, match = ERRORS[error]
+    assert_same_error(call, match)

@@ -1,5 +1,9 @@
 """Shared test helpers: devices, dtypes and tolerances."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -54,3 +58,16 @@ def classifier(classes=5):
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes))
 '''
+
+
+def load_op_cases():
+    """benchmarks/op_cases.py (one case per op), loaded once per session: the
+    op harness and the build tests share it."""
+    name = "fastattr_bench_op_cases"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / "op_cases.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]

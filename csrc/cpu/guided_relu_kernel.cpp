@@ -59,7 +59,9 @@ at::Tensor guided_relu_forward_kernel(const at::Tensor& self, c10::string_view m
   parse_relu_rule(mode);
   check_guided_relu_upper(upper);
   const double hi = upper.value_or(std::numeric_limits<double>::infinity());
-  auto x = self.contiguous();
+  // A dense input is processed in its own memory order and the result takes
+  // its strides (empty_like preserves them), so channels_last stays channels_last.
+  const at::Tensor x = dense_or_contiguous(self);
   auto out = at::empty_like(x);
   if (x.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "guided_relu", [&] {
@@ -75,8 +77,9 @@ at::Tensor guided_relu_backward_kernel(const at::Tensor& grad_output, const at::
   const ReluRule rule = parse_relu_rule(mode);
   check_guided_relu_upper(upper);
   const double hi = upper.value_or(std::numeric_limits<double>::infinity());
-  auto g = grad_output.contiguous();
-  auto r = result.contiguous();
+  const auto operands = guided_relu_backward_operands(grad_output, result);
+  const at::Tensor& g = operands.first;
+  const at::Tensor& r = operands.second;
   auto grad_in = at::empty_like(g);
   if (g.numel() == 0) return grad_in;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),

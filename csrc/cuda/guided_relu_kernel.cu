@@ -50,7 +50,8 @@ at::Tensor guided_relu_forward_kernel(const at::Tensor& self, c10::string_view m
   check_guided_relu_upper(upper);
   const double hi = upper.value_or(std::numeric_limits<double>::infinity());
   c10::cuda::CUDAGuard guard(self.device());
-  auto x = self.contiguous();
+  // Dense inputs in their own memory order, as on the CPU.
+  const at::Tensor x = dense_or_contiguous(self);
   auto out = at::empty_like(x);
   const int64_t n = x.numel();
   if (n == 0) return out;
@@ -71,8 +72,9 @@ at::Tensor guided_relu_backward_kernel(const at::Tensor& grad_output, const at::
   check_guided_relu_upper(upper);
   const double hi = upper.value_or(std::numeric_limits<double>::infinity());
   c10::cuda::CUDAGuard guard(grad_output.device());
-  auto g = grad_output.contiguous();
-  auto r = result.contiguous();
+  const auto operands = guided_relu_backward_operands(grad_output, result);
+  const at::Tensor& g = operands.first;
+  const at::Tensor& r = operands.second;
   auto grad_in = at::empty_like(g);
   const int64_t n = g.numel();
   if (n == 0) return grad_in;

@@ -29,6 +29,23 @@ inline Pool2dGeometry make_pool2d_geometry(at::IntArrayRef kernel_size,
           padding[0],     padding[1],     dilation[0], dilation[1]};
 }
 
+// The forward's checks (ATen's max_pool2d would refuse the same inputs, with
+// its own words; these are the fake kernel's).
+inline void check_guided_max_pool2d_args(const at::Tensor& self, at::IntArrayRef kernel_size,
+                                         at::IntArrayRef stride, at::IntArrayRef padding,
+                                         at::IntArrayRef dilation, bool ceil_mode,
+                                         c10::string_view mode) {
+  check_floating(self, "self");
+  TORCH_CHECK(self.dim() == 4, "fastattr.guided_max_pool2d: self must be 4-D (N, C, H, W), got ",
+              self.dim(), "-D");
+  const Pool2dGeometry geo = make_pool2d_geometry(kernel_size, stride, padding, dilation);
+  parse_pool_rule(mode);
+  const int64_t oh = pool_output_size(self.size(2), geo.kh, geo.sh, geo.ph, geo.dh, ceil_mode);
+  const int64_t ow = pool_output_size(self.size(3), geo.kw, geo.sw, geo.pw, geo.dw, ceil_mode);
+  TORCH_CHECK(oh >= 1 && ow >= 1, "fastattr.guided_max_pool2d: output size of self ",
+              self.sizes(), " is too small (", oh, "x", ow, ")");
+}
+
 inline void check_guided_max_pool2d_backward_args(const at::Tensor& grad_output,
                                                   const at::Tensor& indices,
                                                   at::IntArrayRef input_size) {
@@ -38,7 +55,7 @@ inline void check_guided_max_pool2d_backward_args(const at::Tensor& grad_output,
               grad_output.dim(), "-D");
   TORCH_CHECK(indices.scalar_type() == at::kLong,
               "fastattr._guided_max_pool2d_backward: indices must be int64, got ",
-              indices.scalar_type());
+              dtype_name(indices.scalar_type()));
   check_same_shape(grad_output, "grad_output", indices, "indices");
   check_same_device(grad_output, "grad_output", indices, "indices");
   TORCH_CHECK(input_size.size() == 4 && input_size[0] == grad_output.size(0) &&

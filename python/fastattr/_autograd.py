@@ -4,9 +4,15 @@ op (``_<op>_backward``), whose own derivative is registered too, so that double
 backward (``create_graph=True``) is exact instead of silently zero: each rule
 is linear in ``grad_output`` on pieces where its masks are constant, so its
 derivative w.r.t. ``grad_output`` is the mask and w.r.t. the saved forward
-tensors is zero."""
+tensors is zero.
+
+``ig_accumulate_`` mutates its input and returns nothing: it is forward-only
+and has no formula (``benchmarks/op_cases.py`` declares each op's autograd and
+``tests/test_build.py`` checks the declarations against these registrations)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -117,18 +123,35 @@ torch.library.register_autograd(
 
 
 def _ig_path_inputs_setup_context(ctx, inputs, output):
-    self, _, alphas = inputs
-    ctx.alphas = alphas
+    self, baseline, alphas = inputs
     ctx.batch_shape = self.shape
+    ctx.alphas_dtype = alphas.dtype
+    # input - baseline is needed only for the alphas' gradient.
+    ctx.save_for_backward(alphas, *((self, baseline) if ctx.needs_input_grad[2] else ()))
 
 
 def _ig_path_inputs_backward(ctx, grad_output):
-    # d out[k] / d input = alpha_k, d out[k] / d baseline = 1 - alpha_k.
-    alphas = torch.tensor(ctx.alphas, dtype=grad_output.dtype, device=grad_output.device)
-    g = grad_output.reshape(len(ctx.alphas), *ctx.batch_shape)
-    grad_input = torch.tensordot(alphas, g, dims=1)
+    # out[k, b] = baseline[b] + a[k, b] (input[b] - baseline[b]) with a[k, b] = alphas[k]
+    # for a (K,) table: d/d input = a, d/d baseline = 1 - a, d/d a[k, b] = <grad[k, b], input[b] - baseline[b]>.
+    alphas, *saved = ctx.saved_tensors
+    steps, batch = alphas.shape[0], ctx.batch_shape[0]
+    g = grad_output.reshape(steps, *ctx.batch_shape)
+    a = alphas.to(grad_output.dtype)
+    if alphas.dim() == 1:
+        grad_input = torch.tensordot(a, g, dims=1)
+    else:
+        grad_input = (a.reshape(steps, batch, *[1] * (g.dim() - 2)) * g).sum(0)
     grad_baseline = g.sum(0) - grad_input
-    return grad_input, grad_baseline, None
+    grad_alphas = None
+    if ctx.needs_input_grad[2]:
+        self, baseline = saved
+        row = math.prod(ctx.batch_shape[1:])  # explicit: -1 is ambiguous for an empty batch
+        diff = (self - baseline).reshape(1, batch, row)
+        grad_alphas = (g.reshape(steps, batch, row) * diff).sum(-1)
+        if alphas.dim() == 1:
+            grad_alphas = grad_alphas.sum(1)
+        grad_alphas = grad_alphas.to(ctx.alphas_dtype)
+    return grad_input, grad_baseline, grad_alphas
 
 
 torch.library.register_autograd(

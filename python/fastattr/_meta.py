@@ -1,13 +1,32 @@
-"""Fake (meta) kernels of every fastattr op: output shapes and dtypes, and the
-same argument checks as the C++ kernels, without touching data. They let the ops
-run under FakeTensor, torch.compile and torch.export."""
+"""Fake (meta) kernels of every fastattr op: output shapes, dtypes and strides,
+and the same argument checks as the C++ kernels (the same messages, word for
+word), without touching data. They let the ops run under FakeTensor,
+torch.compile and torch.export.
+
+Output strides follow the kernels' memory-format rules (csrc/checks.h and the
+ops' headers), so that a compiled graph lays its buffers out as eager does:
+
+- ``guided_relu``: the input's strides when it is non-overlapping and dense,
+  else contiguous in its suggested memory format;
+- ``_guided_relu_backward``: the operands' strides when both are dense with the
+  same layout, else contiguous in grad_output's suggested memory format;
+- ``guided_max_pool2d`` (output and indices), ``_guided_max_pool2d_backward``,
+  ``ig_path_inputs``: contiguous in the suggested memory format of self,
+  grad_output and input respectively (channels_last in, channels_last out).
+"""
 
 from __future__ import annotations
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 _RELU_MODES = ("guided", "deconvnet")
 _POOL_MODES = ("reference", "window")
+
+
+def _shape(t) -> list:
+    # Printed like the C++ kernels print an IntArrayRef: [2, 3].
+    return list(t.shape)
 
 
 def _check_mode(mode, allowed):
@@ -19,13 +38,45 @@ def _check_floating(t, name):
 
 
 def _check_same(a, a_name, b, b_name):
-    torch._check(a.shape == b.shape, lambda: f"fastattr: {a_name} and {b_name} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    torch._check(a.shape == b.shape, lambda: f"fastattr: {a_name} and {b_name} must have the same shape, got {_shape(a)} and {_shape(b)}")
     torch._check(a.dtype == b.dtype, lambda: f"fastattr: {a_name} and {b_name} must have the same dtype, got {a.dtype} and {b.dtype}")
     torch._check(a.device == b.device, lambda: f"fastattr: {a_name} and {b_name} must be on the same device, got {a.device} and {b.device}")
 
 
 def _check_upper(upper):
-    torch._check(upper is None or upper > 0, lambda: f"fastattr.guided_relu: upper must be positive or None, got {upper}")
+    torch._check(upper is None or upper > 0, lambda: f"fastattr.guided_relu: upper must be positive or None, got {upper:g}")
+
+
+def _is_dense(t) -> bool:
+    """TensorImpl::is_non_overlapping_and_dense: some permutation of the
+    dimensions is contiguous (dimensions of size < 2 place no constraint)."""
+    if t.dim() == 1:
+        return t.shape[0] < 2 or t.stride(0) == 1
+    expected = 1
+    # Dimensions by stride, those of size < 2 last (bool() on a symbolic size
+    # guards on it; a tuple of SymBools would not compare).
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda d: (1 if d[0] < 2 else 0, d[1])):
+        if size < 2:
+            return True
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _same_dense_layout(a, b) -> bool:
+    """same_dense_layout in csrc/checks.h: both dense, equal strides on every
+    dimension of size > 1."""
+    return _is_dense(a) and _is_dense(b) and all(
+        s_a == s_b for size, s_a, s_b in zip(a.shape, a.stride(), b.stride()) if size > 1)
+
+
+def _like_dense_or_contiguous(t, dtype=None):
+    """The output of an elementwise kernel on `t` (dense_or_contiguous in csrc/checks.h)."""
+    dtype = t.dtype if dtype is None else dtype
+    if _is_dense(t):
+        return torch.empty_strided(t.shape, t.stride(), dtype=dtype, device=t.device)
+    return torch.empty(t.shape, dtype=dtype, device=t.device, memory_format=suggest_memory_format(t))
 
 
 @torch.library.register_fake("fastattr::guided_relu")
@@ -33,7 +84,7 @@ def _guided_relu_fake(self, mode, upper=None):
     _check_floating(self, "self")
     _check_mode(mode, _RELU_MODES)
     _check_upper(upper)
-    return torch.empty_like(self, memory_format=torch.contiguous_format)
+    return _like_dense_or_contiguous(self)
 
 
 @torch.library.register_fake("fastattr::_guided_relu_backward")
@@ -42,7 +93,11 @@ def _guided_relu_backward_fake(grad_output, result, mode, upper=None):
     _check_same(grad_output, "grad_output", result, "result")
     _check_mode(mode, _RELU_MODES)
     _check_upper(upper)
-    return torch.empty_like(grad_output, memory_format=torch.contiguous_format)
+    if _same_dense_layout(grad_output, result):
+        return torch.empty_strided(grad_output.shape, grad_output.stride(), dtype=grad_output.dtype,
+                                   device=grad_output.device)
+    return torch.empty(grad_output.shape, dtype=grad_output.dtype, device=grad_output.device,
+                       memory_format=suggest_memory_format(grad_output))
 
 
 def _pool_out(size, k, s, p, d, ceil_mode):
@@ -77,23 +132,36 @@ def _guided_max_pool2d_fake(self, kernel_size, stride, padding, dilation, ceil_m
     oh = _pool_out(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
     ow = _pool_out(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
     # ATen's max_pool2d refuses an empty output window grid.
-    torch._check(oh >= 1 and ow >= 1, lambda: f"fastattr.guided_max_pool2d: output size of self {tuple(self.shape)} is too small ({oh}x{ow})")
-    out = self.new_empty((n, c, oh, ow))
-    return out, self.new_empty((n, c, oh, ow), dtype=torch.int64)
+    torch._check(oh >= 1 and ow >= 1, lambda: f"fastattr.guided_max_pool2d: output size of self {_shape(self)} is too small ({oh}x{ow})")
+    # ATen's max_pool2d_with_indices writes both in self's suggested memory format.
+    fmt = suggest_memory_format(self)
+    out = torch.empty((n, c, oh, ow), dtype=self.dtype, device=self.device, memory_format=fmt)
+    return out, torch.empty((n, c, oh, ow), dtype=torch.int64, device=self.device, memory_format=fmt)
 
 
 @torch.library.register_fake("fastattr::_guided_max_pool2d_backward")
 def _guided_max_pool2d_backward_fake(grad_output, indices, input_size, kernel_size, stride, padding, dilation, mode):
     _check_floating(grad_output, "grad_output")
-    torch._check(grad_output.dim() == 4, lambda: "fastattr._guided_max_pool2d_backward: grad_output must be 4-D")
+    torch._check(grad_output.dim() == 4, lambda: f"fastattr._guided_max_pool2d_backward: grad_output must be 4-D (N, C, H, W), got {grad_output.dim()}-D")
     torch._check(indices.dtype == torch.int64, lambda: f"fastattr._guided_max_pool2d_backward: indices must be int64, got {indices.dtype}")
-    torch._check(grad_output.shape == indices.shape, lambda: f"fastattr: grad_output and indices must have the same shape, got {tuple(grad_output.shape)} and {tuple(indices.shape)}")
+    torch._check(grad_output.shape == indices.shape, lambda: f"fastattr: grad_output and indices must have the same shape, got {_shape(grad_output)} and {_shape(indices)}")
     torch._check(grad_output.device == indices.device, lambda: f"fastattr: grad_output and indices must be on the same device, got {grad_output.device} and {indices.device}")
     torch._check(len(input_size) == 4 and input_size[0] == grad_output.shape[0] and input_size[1] == grad_output.shape[1],
                  lambda: f"fastattr._guided_max_pool2d_backward: input_size must be (N, C, H, W) matching grad_output's N and C, got {list(input_size)}")
     _check_pool_geometry(kernel_size, stride, padding, dilation)
     _check_mode(mode, _POOL_MODES)
-    return grad_output.new_empty(input_size)
+    return torch.empty(list(input_size), dtype=grad_output.dtype, device=grad_output.device,
+                       memory_format=suggest_memory_format(grad_output))
+
+
+def _check_step_table(table, op, name, like, like_name):
+    # check_step_table in csrc/ops/ig_path.h.
+    torch._check(table.dtype.is_floating_point, lambda: f"fastattr.{op}: {name} must be a floating-point tensor, got {table.dtype}")
+    torch._check(table.device == like.device, lambda: f"fastattr.{op}: {name} must be on the device of {like_name} ({like.device}), got {table.device}")
+    torch._check(table.dim() in (1, 2), lambda: f"fastattr.{op}: {name} must have shape (K,) or (K, B), got a {table.dim()}-D tensor of shape {_shape(table)}")
+    torch._check(table.shape[0] >= 1, lambda: f"fastattr.{op}: {name} must hold at least one step (K >= 1), got shape {_shape(table)}")
+    torch._check(table.dim() == 1 or table.shape[1] == like.shape[0],
+                 lambda: f"fastattr.{op}: {name} of shape (K, B) must have B = {like.shape[0]} (the batch size of {like_name}), got shape {_shape(table)}")
 
 
 @torch.library.register_fake("fastattr::ig_path_inputs")
@@ -101,8 +169,9 @@ def _ig_path_inputs_fake(self, baseline, alphas):
     _check_floating(self, "input")
     torch._check(self.dim() >= 1, lambda: "fastattr.ig_path_inputs: input must have a batch dimension, got a 0-D tensor")
     _check_same(self, "input", baseline, "baseline")
-    torch._check(len(alphas) > 0, lambda: "fastattr.ig_path_inputs: alphas must not be empty")
-    return self.new_empty((len(alphas) * self.shape[0], *self.shape[1:]))
+    _check_step_table(alphas, "ig_path_inputs", "alphas", self, "input")
+    return torch.empty((alphas.shape[0] * self.shape[0], *self.shape[1:]), dtype=self.dtype, device=self.device,
+                       memory_format=suggest_memory_format(self))
 
 
 @torch.library.register_fake("fastattr::ig_accumulate_")
@@ -111,10 +180,13 @@ def _ig_accumulate_fake(total, grads, weights):
     acc = torch.float32 if grads.dtype in (torch.float16, torch.bfloat16) else grads.dtype
     torch._check(total.dtype == acc, lambda: f"fastattr.ig_accumulate_: total must have the accumulation dtype of grads ({acc} for {grads.dtype} grads), got {total.dtype}")
     torch._check(total.device == grads.device, lambda: f"fastattr: total and grads must be on the same device, got {total.device} and {grads.device}")
-    torch._check(len(weights) > 0, lambda: "fastattr.ig_accumulate_: weights must not be empty")
-    torch._check(
-        total.dim() >= 1 and grads.dim() == total.dim() and grads.shape[0] == total.shape[0] * len(weights) and grads.shape[1:] == total.shape[1:],
-        lambda: f"fastattr.ig_accumulate_: grads must have shape (len(weights) * B, ...), got {tuple(grads.shape)} for total {tuple(total.shape)}",
-    )
-    torch._check(total.is_contiguous(), lambda: "fastattr.ig_accumulate_: total must be contiguous (it is written in place)")
+    torch._check(total.dim() >= 1, lambda: "fastattr.ig_accumulate_: total must have a batch dimension, got a 0-D tensor")
+    _check_step_table(weights, "ig_accumulate_", "weights", total, "total")
+    expected = [total.shape[0] * weights.shape[0], *total.shape[1:]]
+    torch._check(list(grads.shape) == expected,
+                 lambda: f"fastattr.ig_accumulate_: grads must have shape (K * B, *total.shape[1:]) = {expected} for total of shape "
+                         f"{_shape(total)} and K = {weights.shape[0]}, got {_shape(grads)}")
+    torch._check(total.is_contiguous(memory_format=suggest_memory_format(total)),
+                 lambda: "fastattr.ig_accumulate_: total must be contiguous or channels_last (it is written in place), got "
+                         f"strides {list(total.stride())} for shape {_shape(total)}")
     return None

@@ -4,7 +4,9 @@ Importing this module loads ``fastattr._C`` (which registers the schemas and the
 CPU/CUDA kernels), then the fake kernels and autograd formulas. Each wrapper is a
 thin call of ``torch.ops.fastattr.<op>.default``; argument checks happen in the
 kernels (and in the fake kernels under tracing), so the messages are the same
-everywhere.
+everywhere. The IG wrappers also take node/weight tables as Python floats, and
+``guided_max_pool2d_backward`` checks its indices: data-dependent checks stay at
+this edge, out of the ops that autograd and the benchmarks call.
 """
 
 from __future__ import annotations
@@ -117,7 +119,10 @@ def guided_max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilati
 def guided_max_pool2d_backward(grad_output: Tensor, indices: Tensor, input_size: Sequence[int],
                                kernel_size, stride=None, padding=0, dilation=1,
                                mode: str = "reference") -> Tensor:
-    """The fused backward rule of :func:`guided_max_pool2d` (4-D tensors)."""
+    """The fused backward rule of :func:`guided_max_pool2d` (4-D tensors), for direct
+    callers: it checks that the indices lie in the input plane, which costs two
+    reductions and a host sync. Autograd (and the benchmarks) call the op
+    ``torch.ops.fastattr._guided_max_pool2d_backward`` itself, without that check."""
     kernel, stride, padding, dilation = pool2d_arguments(kernel_size, stride, padding, dilation)
     # The kernels skip indices outside the input plane (they cannot come from
     # guided_max_pool2d); a direct caller passing such indices gets an error.
@@ -131,13 +136,26 @@ def guided_max_pool2d_backward(grad_output: Tensor, indices: Tensor, input_size:
         grad_output, indices, list(input_size), kernel, stride, padding, dilation, mode)
 
 
-def ig_path_inputs(input: Tensor, baseline: Tensor, alphas: Sequence[float]) -> Tensor:
-    """Step-major IG path batch ``cat([baseline + a * (input - baseline) for a in alphas])``
-    written in one pass."""
-    return torch.ops.fastattr.ig_path_inputs.default(input, baseline, [float(a) for a in alphas])
+def _step_table(values: Tensor | Sequence[float], like: Tensor) -> Tensor:
+    """A node/weight table as the ops take it: a tensor passes through as is
+    (the op checks it); a sequence of Python floats becomes a float64 tensor on
+    ``like``'s device."""
+    if isinstance(values, Tensor):
+        return values
+    return torch.tensor([float(v) for v in values], dtype=torch.float64, device=like.device)
 
 
-def ig_accumulate_(total: Tensor, grads: Tensor, weights: Sequence[float]) -> None:
-    """``total += sum_k weights[k] * grads.view(K, B, ...)[k]`` in place; ``total`` has the
-    accumulation dtype of ``grads`` (float32 for float16/bfloat16)."""
-    torch.ops.fastattr.ig_accumulate_.default(total, grads, [float(w) for w in weights])
+def ig_path_inputs(input: Tensor, baseline: Tensor, alphas: Tensor | Sequence[float]) -> Tensor:
+    """Step-major IG path batch ``out[k*B + b] = baseline[b] + alphas[k(, b)] * (input[b] - baseline[b])``
+    written in one pass, shape ``(K * B, *input.shape[1:])``, in input's suggested memory
+    format. ``alphas``: a floating tensor on input's device, ``(K,)`` (one node per step)
+    or ``(K, B)`` (per-sample nodes), or a sequence of floats (a ``(K,)`` table)."""
+    return torch.ops.fastattr.ig_path_inputs.default(input, baseline, _step_table(alphas, input))
+
+
+def ig_accumulate_(total: Tensor, grads: Tensor, weights: Tensor | Sequence[float]) -> None:
+    """``total[b] += sum_k weights[k(, b)] * grads[k*B + b]`` in place; ``total`` (contiguous or
+    channels_last) has the accumulation dtype of ``grads`` (float32 for float16/bfloat16).
+    ``weights``: a floating tensor on total's device, ``(K,)`` or ``(K, B)``, or a sequence
+    of floats."""
+    torch.ops.fastattr.ig_accumulate_.default(total, grads, _step_table(weights, total))

@@ -33,9 +33,57 @@ def guided_relu_backward(grad_output: Tensor, result: Tensor, mode: str = "guide
     return torch.where(keep, grad_output, torch.zeros_like(grad_output))
 
 
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    v = tuple(int(e) for e in v)
+    return (v[0], v[0]) if len(v) == 1 else v
+
+
+def _pool_output_size(size, k, s, p, d, ceil_mode):
+    # nn.MaxPool2d's documented output size, with its rule that the last window
+    # of ceil_mode must start inside the input or its left padding.
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
 def guided_max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                       ceil_mode: bool = False, mode: str = "reference") -> tuple[Tensor, Tensor]:
-    return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True)
+    """nn.MaxPool2d with indices, from its definition: every window read from
+    the input padded with -inf, the index the first maximum in the window's
+    scan order (rows, then columns) among the in-bounds elements, or the last
+    NaN if the window holds one (ATen's rule: ``val > max || isnan(val)``).
+    ``mode`` only changes the gradient."""
+    if mode not in ("reference", "window"):
+        raise ValueError(f"mode must be 'reference' or 'window', got {mode!r}")
+    (kh, kw), (ph, pw), (dh, dw) = _pair(kernel_size), _pair(padding), _pair(dilation)
+    sh, sw = _pair(stride) if stride is not None and (isinstance(stride, int) or len(stride)) else (kh, kw)
+    n, c, h, w = input.shape
+    oh = _pool_output_size(h, kh, sh, ph, dh, ceil_mode)
+    ow = _pool_output_size(w, kw, sw, pw, dw, ceil_mode)
+    # Pad far enough on the bottom/right for ceil_mode's last (clipped) windows.
+    extra_h = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (h + 2 * ph))
+    extra_w = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (w + 2 * pw))
+    pads = (pw, pw + extra_w, ph, ph + extra_h)
+    values = F.pad(input, pads, value=-float("inf"))
+    position = torch.arange(h * w, device=input.device).view(1, 1, h, w)
+    position = F.pad(position, pads, value=-1)  # -1: padding, never chosen
+
+    def windows(t):  # (..., oh, ow, kh * kw) in scan order
+        t = t.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)[..., ::dh, ::dw]
+        return t[:, :, :oh, :ow].flatten(-2)
+
+    vals, pos = windows(values), windows(position).expand(n, c, -1, -1, -1)
+    inside = pos >= 0
+    peak = torch.where(inside, vals, -float("inf")).amax(-1, keepdim=True)
+    first_max = (inside & (vals == peak)).to(torch.uint8).argmax(-1, keepdim=True)
+    nan = inside & vals.isnan()
+    last_nan = nan.shape[-1] - 1 - nan.flip(-1).to(torch.uint8).argmax(-1, keepdim=True)
+    choice = torch.where(nan.any(-1, keepdim=True), last_nan, first_max)
+    return vals.gather(-1, choice).squeeze(-1), pos.gather(-1, choice).squeeze(-1)
 
 
 def guided_max_pool2d_backward(grad_output: Tensor, indices: Tensor, input_size: Sequence[int],
@@ -59,11 +107,32 @@ def guided_max_pool2d_backward(grad_output: Tensor, indices: Tensor, input_size:
     return routed.to(grad_output.dtype)
 
 
-def ig_path_inputs(input: Tensor, baseline: Tensor, alphas: Sequence[float]) -> Tensor:
-    return torch.cat([baseline + float(a) * (input - baseline) for a in alphas], dim=0)
+def _step_table(values, like: Tensor) -> Tensor:
+    """A (K,) / (K, B) node or weight table; Python floats become float64."""
+    if isinstance(values, Tensor):
+        return values
+    return torch.as_tensor(values, dtype=torch.float64, device=like.device)
 
 
-def ig_accumulate_(total: Tensor, grads: Tensor, weights: Sequence[float]) -> None:
-    steps = grads.view(len(weights), *total.shape).to(total.dtype)
-    for k, w in enumerate(weights):
-        total.add_(steps[k], alpha=float(w))
+def _per_row(table: Tensor, batch: int, dims: int) -> Tensor:
+    """(K,) or (K, B) table -> (K, B or 1, 1, ...), broadcastable over (K, B, *row)."""
+    return table.reshape(table.shape[0], batch if table.dim() == 2 else 1, *[1] * (dims - 1))
+
+
+def ig_path_inputs(input: Tensor, baseline: Tensor, alphas) -> Tensor:
+    """``out[k*B + b] = baseline[b] + alphas[k(, b)] * (input[b] - baseline[b])``, rounded
+    as that expression is in PyTorch ops of input's dtype with a Python-float alpha:
+    the difference and the sum in input's dtype, the product with alpha in the
+    opmath dtype (float32 for float16/bfloat16), rounded once."""
+    alphas = _step_table(alphas, input)
+    opmath = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
+    diff = input - baseline
+    step = (_per_row(alphas, input.shape[0], input.dim()).to(opmath) * diff.to(opmath)).to(input.dtype)
+    return (baseline + step).flatten(0, 1)
+
+
+def ig_accumulate_(total: Tensor, grads: Tensor, weights) -> None:
+    """``total[b] += sum_k weights[k(, b)] * grads[k*B + b]`` in total's dtype."""
+    weights = _step_table(weights, total)
+    steps = grads.reshape(weights.shape[0], *total.shape).to(total.dtype)
+    total.add_((_per_row(weights, total.shape[0], total.dim()).to(total.dtype) * steps).sum(0))
