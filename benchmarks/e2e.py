@@ -157,7 +157,7 @@ def make_runner(case: Case, method: str, impl: str, device, batch_size=None):
 
 def default_batch_size(case: Case, x) -> int:
     """The batch size fastattr's IG picks by default for this input."""
-    from fastattr.methods._batching import default_batch_size as pick
+    from fastattr.engine import default_batch_size as pick
 
     return pick(x)
 

@@ -153,7 +153,7 @@ def test_bad_inputs(small, name):
         fn(small, x, -1)
     with pytest.raises(ValueError, match="one per sample"):
         fn(small, x, [0, 1, 2])
-    with pytest.raises(ValueError, match="target callable must return one scalar per sample"):
+    with pytest.raises(ValueError, match="target callable must return one score per row"):
         fn(small, x, lambda out: out)
     with pytest.raises(TypeError, match="model must return a tensor, got tuple"):
         fn(lambda z: (small(z), z), x, 0)

@@ -7,6 +7,7 @@ and the attribution methods are exported here.
 
 from . import _ops as ops  # noqa: F401  (loads the compiled ops first)
 
+from . import engine, targets  # noqa: E402,F401  (the evaluation engine; target objects)
 from .guidance import GuidedMode, guided  # noqa: E402
 from .methods import (  # noqa: E402
     METHODS,

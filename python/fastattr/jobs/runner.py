@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from ..guidance import check_guidable
+from ..methods import uses_guided_rules
 from . import distributed
 from .loading import CountingModel, infer_task, input_size, load_model, model_info, weights_digest
 from .sources import BUNDLED_PREFIX, BundledSource, ImageFolderSource, collate, open_source
@@ -223,6 +225,11 @@ def run_job(cfg: JobConfig, *, model: torch.nn.Module | None = None, model_desc:
         else:
             model = model.to(device=device, dtype=dtype).eval()
             model_desc = dict(model_desc or {"spec": cfg.model})
+        if uses_guided_rules(cfg.method, call_options):
+            try:
+                check_guidable(model, f"method {cfg.method!r}")
+            except TypeError as e:
+                raise JobError(str(e)) from None
         model_desc["weights_sha256"] = weights_digest(model)
         size = tuple(cfg.input_size) if cfg.input_size else (input_size(info) or model_desc.get("input_size"))
         if dataset is not None:
@@ -340,12 +347,7 @@ def _run_shard(cfg, k, indices, n_batches, batches, model, fn, call_options, gen
             x = batch["image"].to(device=device, dtype=dtype)
             target, target_records = policy.resolve(model, x, batch["label"])
             try:
-                if policy.per_image:
-                    parts = [fn(model, x[i:i + 1], target=type(target)(target.weights[i:i + 1]), **options)
-                             for i in range(x.shape[0])]
-                    a = torch.cat(parts)
-                else:
-                    a = fn(model, x, target=target, **options)
+                a = fn(model, x, target=target, **options)
             except (ValueError, TypeError) as e:
                 raise JobError(f"method {cfg.method!r} failed: {str(e).removeprefix('fastattr: ')}") from e
             if isinstance(a, tuple):
@@ -355,7 +357,7 @@ def _run_shard(cfg, k, indices, n_batches, batches, model, fn, call_options, gen
                 raise JobError(f"method {cfg.method!r} returned {getattr(a, 'shape', type(a).__name__)} "
                                f"for inputs of shape {tuple(x.shape)}")
             attrs.append(a.detach().to("cpu"))
-            if not policy.per_image:
+            if isinstance(target, torch.Tensor):
                 class_targets.append(target.detach().to("cpu"))
             for j, idx in enumerate(batch["index"]):
                 label = batch["label"][j]

@@ -15,10 +15,9 @@ Segmentation models (output (N, C, H, W)):
                        noise the same pixels' logits are summed;
     ``label``          the same sum over the pixels of the ground-truth mask.
 
-A segmentation score is a callable target whose pixel weights belong to one
-image. Methods evaluate perturbed copies of a batch in an order that the callable
-cannot see, so the job calls the method on one image at a time for
-segmentation models (the method still batches its own steps/samples).
+A segmentation score is a :func:`fastattr.targets.region` over per-channel
+pixel weights, one set per image; the engine hands it each row's image index,
+so the method runs on the whole batch.
 """
 
 from __future__ import annotations
@@ -26,34 +25,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..targets import region
 from .spec import JobError
 
 SPECIAL = ("auto", "pred", "label")
-
-
-class PixelSetScore:
-    """Callable target ``output -> Tensor[N]``: ``sum(output * weights)`` per row.
-
-    ``weights`` is (B, C, H, W) for B images. The output of the method's forward
-    passes has N rows: N == B pairs row i with image i; B == 1 applies the one
-    image's weights to every row (perturbed copies of that image).
-    """
-
-    def __init__(self, weights: Tensor):
-        self.weights = weights
-
-    def __call__(self, output: Tensor) -> Tensor:
-        w = self.weights
-        if output.shape[1:] != w.shape[1:]:
-            raise ValueError(f"fastattr: segmentation output {tuple(output.shape)} does not match the pixel weights {tuple(w.shape)}")
-        if output.shape[0] != w.shape[0]:
-            if w.shape[0] != 1:
-                raise ValueError(
-                    f"fastattr: a pixel-set target for {w.shape[0]} images cannot score {output.shape[0]} rows; "
-                    "call the method on one image at a time"
-                )
-            w = w.expand_as(output)
-        return (output * w.to(output.dtype)).flatten(1).sum(1)
 
 
 def foreground_weights(output: Tensor) -> Tensor:
@@ -110,11 +85,6 @@ class TargetPolicy:
         if self.fixed < 0 or (classes and self.fixed >= len(classes)):
             raise JobError(f"--target class {self.fixed} is out of range" + (f" (0..{len(classes) - 1})" if classes else ""))
 
-    @property
-    def per_image(self) -> bool:
-        """Whether the method has to be called one image at a time (pixel-set targets)."""
-        return self.task == "segmentation"
-
     def resolve(self, model, images: Tensor, labels: list) -> tuple[object, list]:
         """``(target for the method, JSON-able record per image)``."""
         if self.task == "segmentation":
@@ -125,7 +95,7 @@ class TargetPolicy:
             w = label_weights(labels, out) if self.spec == "label" else foreground_weights(out)
             kind = "label_pixels" if self.spec == "label" else "predicted_foreground"
             pixels = w.flatten(1).sum(1).tolist()
-            return PixelSetScore(w), [{"kind": kind, "pixels": int(p)} for p in pixels]
+            return region(w), [{"kind": kind, "pixels": int(p)} for p in pixels]
         n = images.shape[0]
         if self.fixed is not None:
             t = torch.full((n,), self.fixed, dtype=torch.long, device=images.device)

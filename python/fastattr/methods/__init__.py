@@ -17,3 +17,15 @@ METHODS = {
     "smooth_grad": smooth_grad,
     "smooth_taylor": smooth_taylor,
 }
+
+# Methods whose gradients follow fastattr.guided's rules: they cannot run on
+# TorchScript models (see fastattr.guidance.check_guidable).
+GUIDED_METHODS = frozenset({"guided_backprop", "deconvnet", "gnl_integrated_gradients"})
+
+
+def uses_guided_rules(name: str, options: dict) -> bool:
+    """Whether method ``name`` with ``options`` runs the model under guided rules
+    (a noise tunnel does when its base does)."""
+    if name in GUIDED_METHODS:
+        return True
+    return name == "smooth_grad" and options.get("base") in GUIDED_METHODS

@@ -1,23 +1,34 @@
-"""Argument checking and target selection shared by every attribution method.
-
-``target`` may be
-- ``None``: the model's top class on the unperturbed input, per sample;
-- an int: the same class for every sample;
-- a sequence or 1-D integer tensor of length B: one class per sample;
-- a callable ``f(output) -> Tensor[N]``: any scalar per sample (segmentation
-  scores, regression outputs), applied to the model output of each batch.
-"""
+"""Argument checks shared by every attribution method (targets: :mod:`fastattr.targets`)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable, Sequence
-from typing import Union
 
 import torch
 from torch import Tensor
 
-Target = Union[None, int, Sequence[int], Tensor, Callable[[Tensor], Tensor]]
+from ..targets import Target  # noqa: F401  (the type of every method's ``target``)
+
+
+_DERIVED = contextvars.ContextVar("fastattr_derived_inputs", default=False)
+
+
+@contextlib.contextmanager
+def derived_inputs():
+    """Inside, the finiteness scans of :func:`check_inputs` / :func:`check_baselines`
+    are skipped: a method that calls another on inputs it built from checked ones
+    (a noise tunnel's chunks) must not pay a host sync per chunk."""
+    token = _DERIVED.set(True)
+    try:
+        yield
+    finally:
+        _DERIVED.reset(token)
+
+
+def _all_finite(t: Tensor) -> bool:
+    return _DERIVED.get() or bool(torch.isfinite(t).all())
 
 
 def check_inputs(inputs, name: str = "inputs") -> Tensor:
@@ -27,19 +38,29 @@ def check_inputs(inputs, name: str = "inputs") -> Tensor:
         raise TypeError(f"fastattr: {name} must be a floating-point tensor, got {inputs.dtype}")
     if inputs.dim() < 1 or inputs.shape[0] == 0:
         raise ValueError(f"fastattr: {name} must have a non-empty batch dimension, got shape {tuple(inputs.shape)}")
-    if not torch.isfinite(inputs).all():
+    if not _all_finite(inputs):
         raise ValueError(f"fastattr: {name} contains NaN or infinite values")
     return inputs
 
 
+def memory_format(t: Tensor) -> torch.memory_format:
+    """channels_last for a channels_last 4-D tensor, else contiguous (what the
+    ops keep for their outputs)."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def check_baselines(baselines, inputs: Tensor, name: str = "baselines") -> Tensor:
-    """``None`` → zeros; a number → constant; a tensor broadcastable to ``inputs``."""
+    """``None`` → zeros; a number → constant; a tensor broadcastable to ``inputs``.
+    The result is dense in the inputs' memory format."""
+    fmt = memory_format(inputs)
     if baselines is None:
-        return torch.zeros_like(inputs)
+        return torch.zeros_like(inputs, memory_format=fmt)
     if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
         if not math.isfinite(baselines):
             raise ValueError(f"fastattr: {name} contains NaN or infinite values")
-        return torch.full_like(inputs, float(baselines))
+        return torch.full_like(inputs, float(baselines), memory_format=fmt)
     if not isinstance(baselines, Tensor):
         raise TypeError(f"fastattr: {name} must be None, a number or a tensor, got {type(baselines).__name__}")
     if baselines.device != inputs.device:
@@ -50,82 +71,6 @@ def check_baselines(baselines, inputs: Tensor, name: str = "baselines") -> Tenso
         raise ValueError(
             f"fastattr: {name} of shape {tuple(baselines.shape)} does not broadcast to inputs of shape {tuple(inputs.shape)}"
         ) from None
-    if not torch.isfinite(out).all():
+    if not _all_finite(out):
         raise ValueError(f"fastattr: {name} contains NaN or infinite values")
-    return out.to(inputs.dtype).contiguous()
-
-
-def model_output(model, batch: Tensor) -> Tensor:
-    out = model(batch)
-    if not isinstance(out, Tensor):
-        raise TypeError(
-            f"fastattr: model must return a tensor, got {type(out).__name__}; wrap it so that it returns "
-            "the scores to explain (e.g. lambda x: model(x)['out'])"
-        )
-    if out.dim() == 0 or out.shape[0] != batch.shape[0]:
-        raise ValueError(
-            f"fastattr: model returned shape {tuple(out.shape)} for a batch of {batch.shape[0]}; "
-            "the first dimension must be the batch"
-        )
-    return out
-
-
-def resolve_target(model, inputs: Tensor, target: Target):
-    """Turn ``target`` into a per-sample class tensor of shape (B,) or a callable.
-
-    Class targets need a model output of shape (B, C). ``None`` evaluates the
-    model once on ``inputs`` (no gradient) to take the argmax.
-    """
-    if callable(target) and not isinstance(target, Tensor):
-        return target
-    batch = inputs.shape[0]
-    if target is None:
-        with torch.no_grad():
-            out = model_output(model, inputs)
-        _check_class_output(out)
-        return out.argmax(dim=1)
-    if isinstance(target, bool):
-        raise TypeError("fastattr: target must be an int, a sequence of ints, a tensor or a callable, got bool")
-    if isinstance(target, int):
-        idx = torch.full((batch,), target, dtype=torch.long, device=inputs.device)
-    else:
-        idx = torch.as_tensor(target, device=inputs.device)
-        if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.dim() != 1 or idx.shape[0] != batch:
-            raise ValueError(
-                f"fastattr: target must be an int or {batch} integer class indices (one per sample), "
-                f"got {tuple(idx.shape)} of {idx.dtype}"
-            )
-        idx = idx.long()
-    if (idx < 0).any():
-        raise ValueError(f"fastattr: target contains negative class indices: {idx.tolist()}")
-    return idx
-
-
-def _check_class_output(out: Tensor) -> None:
-    if out.dim() != 2:
-        raise ValueError(
-            f"fastattr: class targets need a model output of shape (batch, classes), got {tuple(out.shape)}; "
-            "pass target as a callable mapping the output to one scalar per sample"
-        )
-
-
-def select_target(output: Tensor, target, repeats: int = 1, interleave: bool = False) -> Tensor:
-    """One scalar per row of ``output`` for the resolved ``target``.
-
-    ``output`` comes from a batch that holds ``repeats`` copies of the B samples:
-    step-major (copy k is rows k*B..k*B+B-1) unless ``interleave`` (each sample's
-    copies adjacent, as in noise tunnels).
-    """
-    if callable(target) and not isinstance(target, Tensor):
-        scores = target(output)
-        if not isinstance(scores, Tensor) or scores.shape != (output.shape[0],):
-            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError(
-                f"fastattr: target callable must return one scalar per sample, shape ({output.shape[0]},), got {shape}"
-            )
-        return scores
-    _check_class_output(output)
-    if int(target.max()) >= output.shape[1]:
-        raise ValueError(f"fastattr: target {int(target.max())} is out of range for a model with {output.shape[1]} outputs")
-    idx = target.repeat_interleave(repeats) if interleave else target.repeat(repeats)
-    return output.gather(1, idx.unsqueeze(1)).squeeze(1)
+    return out.to(inputs.dtype).contiguous(memory_format=fmt)

@@ -1,8 +1,7 @@
 """Single-gradient attributions: saliency, input x gradient, guided backprop, deconvnet.
 
 Each is one gradient of the target score per sample, computed in chunks of at
-most ``batch_size`` samples by the shared loop of
-:mod:`fastattr.methods._batching`. They match Captum's ``Saliency``,
+most ``batch_size`` samples by the gradient evaluator of :mod:`fastattr.engine`. They match Captum's ``Saliency``,
 ``InputXGradient``, ``GuidedBackprop`` and ``Deconvolution``, except that the
 guided rules here reach every ReLU however it is called (``nn.ReLU``,
 ``F.relu``, ``torch.relu``, ``Tensor.relu_``, in place or not, and ReLU6),
@@ -21,22 +20,23 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .. import engine
 from ..guidance import guided
-from ._batching import check_batch_size, iter_gradients
-from ._common import Target, check_inputs, resolve_target
+from ..targets import resolve
+from ._common import Target, check_inputs
 
 
 def input_gradients(model, inputs: Tensor, target: Target = None, batch_size: int | None = None,
                     context=None) -> Tensor:
     """Gradient of the target score with respect to ``inputs`` (one per sample),
-    optionally under ``context()`` (e.g. a :func:`fastattr.guided` mode)."""
+    the model running under ``context`` (e.g. a :func:`fastattr.guided` mode)."""
     x = check_inputs(inputs).detach()
-    batch_size = check_batch_size(batch_size, x)
-    target = resolve_target(model, x, target)
+    batch_size = engine.check_batch_size(batch_size, x)
+    target = resolve(model, x, target, batch_size)
     grads = torch.empty_like(x)
-    for _, _, s0, s1, grad in iter_gradients(model, target, 1, x.shape[0],
-                                             lambda k0, k1, s0, s1: x[s0:s1], batch_size, context):
-        grads[s0:s1] = grad
+    tiles = engine.plan(x.shape[0], 1, batch_size)
+    for tile, grad, _ in engine.gradients(model, target, tiles, lambda t: x[t.s0:t.s1], context):
+        grads[tile.s0:tile.s1] = grad
     return grads
 
 
@@ -65,7 +65,7 @@ def guided_backprop(model: Callable[[Tensor], Tensor], inputs: Tensor, target: T
     """Guided backpropagation (Springenberg et al., 2015): every ReLU / ReLU6 passes
     ``g * 1[x > 0] * 1[g > 0]`` backwards (ReLU6 also needs ``x < 6``). Max-pool
     gradients are ordinary, as in Captum's ``GuidedBackprop``."""
-    return input_gradients(model, inputs, target, batch_size, lambda: guided(model, mode="guided"))
+    return input_gradients(model, inputs, target, batch_size, guided(model, mode="guided"))
 
 
 def deconvnet(model: Callable[[Tensor], Tensor], inputs: Tensor, target: Target = None,
@@ -73,4 +73,4 @@ def deconvnet(model: Callable[[Tensor], Tensor], inputs: Tensor, target: Target 
     """Deconvnet (Zeiler & Fergus, 2014): every ReLU / ReLU6 passes ``relu(g)``
     backwards whatever its input. Max-pool gradients are ordinary, as in Captum's
     ``Deconvolution``."""
-    return input_gradients(model, inputs, target, batch_size, lambda: guided(model, mode="deconvnet"))
+    return input_gradients(model, inputs, target, batch_size, guided(model, mode="deconvnet"))

@@ -13,7 +13,6 @@ bfloat16 inputs). Memory is bounded by the chunk, not by ``n_steps``.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable
 
@@ -21,9 +20,10 @@ import torch
 from torch import Tensor
 
 from .. import _ops as ops
-from ..guidance import guided
-from ._batching import check_batch_size, iter_gradients, target_scores
-from ._common import Target, check_baselines, check_inputs, resolve_target
+from .. import engine
+from ..guidance import GuidedMode, guided
+from ..targets import resolve
+from ._common import Target, check_baselines, check_inputs, memory_format
 from .quadrature import nodes_and_weights
 
 
@@ -32,30 +32,35 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _path_integral(model, inputs, target, baselines, n_steps, method, batch_size, return_delta,
-                   context: Callable[[], contextlib.AbstractContextManager] | None):
+                   context: GuidedMode | None):
     x = check_inputs(inputs).detach()
     xb = check_baselines(baselines, x).detach()
     alphas, weights = nodes_and_weights(method, n_steps)
-    batch_size = check_batch_size(batch_size, x)
+    batch_size = engine.check_batch_size(batch_size, x)
     if not isinstance(return_delta, bool):
         raise TypeError(f"fastattr: return_delta must be a bool, got {type(return_delta).__name__}")
-    target = resolve_target(model, x, target)
+    target = resolve(model, x, target, batch_size)
 
     acc = _accumulation_dtype(x.dtype)
-    total = torch.zeros(x.shape, dtype=acc, device=x.device)
+    # Nodes and weights live on the device, in the kernels' arithmetic precision
+    # (the value a Python float takes there), so a tile costs no host transfer.
+    alphas = torch.tensor(alphas, dtype=acc, device=x.device)
+    weights = torch.tensor(weights, dtype=acc, device=x.device)
+    total = torch.zeros(x.shape, dtype=acc, device=x.device).contiguous(memory_format=memory_format(x))
 
-    def build(k0, k1, s0, s1):
-        return ops.ig_path_inputs(x[s0:s1], xb[s0:s1], alphas[k0:k1])
+    def build(tile):
+        return ops.ig_path_inputs(x[tile.s0:tile.s1], xb[tile.s0:tile.s1], alphas[tile.k0:tile.k1])
 
-    for k0, k1, s0, s1, grad in iter_gradients(model, target, len(alphas), x.shape[0], build, batch_size, context):
-        ops.ig_accumulate_(total[s0:s1], grad, weights[k0:k1])
+    tiles = engine.plan(x.shape[0], len(alphas), batch_size)
+    for tile, grad, _ in engine.gradients(model, target, tiles, build, context):
+        ops.ig_accumulate_(total[tile.s0:tile.s1], grad, weights[tile.k0:tile.k1])
 
     attr = (total * (x.to(acc) - xb.to(acc))).to(x.dtype)
     if not return_delta:
         return attr
     # Completeness gap per sample, like Captum's compute_convergence_delta; the
     # scores use the ordinary forward pass (guided rules change only gradients).
-    gap = target_scores(model, x, target, batch_size) - target_scores(model, xb, target, batch_size)
+    gap = engine.forward_scores(model, x, target, batch_size) - engine.forward_scores(model, xb, target, batch_size)
     delta = attr.to(acc).flatten(1).sum(1) - gap.to(acc)
     return attr, delta
 
@@ -80,10 +85,11 @@ def integrated_gradients(
             parameters, flags and hooks are left untouched.
         inputs: floating tensor ``(B, ...)`` of finite values.
         target: ``None`` (each sample's argmax on the unperturbed input), an int,
-            one class per sample (sequence or 1-D tensor), or a callable mapping
-            the model output of a chunk to one score per row (segmentation,
-            regression). A callable is applied to chunks of path points, so it
-            must act row by row.
+            one class per sample (sequence or 1-D tensor), a region
+            (:func:`fastattr.targets.region`, segmentation), or a callable
+            scoring each row of a chunk's model output (``f(output)``, row by
+            row, or ``f(output, index)`` with each row's sample index); see
+            :mod:`fastattr.targets`.
         baselines: ``None`` (zeros), a number, or a tensor broadcastable to
             ``inputs``.
         n_steps: number of quadrature nodes (>= 1).
@@ -95,7 +101,7 @@ def integrated_gradients(
             ``max(1, batch_size // B)`` path steps of the B samples (Captum's
             ``internal_batch_size`` rule); if ``B > batch_size`` the batch is
             split as well. ``None`` picks a size from the input size (see
-            :func:`fastattr.methods._batching.default_batch_size`). The result
+            :func:`fastattr.engine.default_batch_size`). The result
             does not depend on it beyond rounding.
         return_delta: also return the per-sample completeness gap
             ``sum(attr) - (f_c(x) - f_c(x'))`` (Captum's convergence delta).
@@ -131,7 +137,7 @@ def gnl_integrated_gradients(
     For the reference's heatmap use :func:`gnl_heatmap`.
     """
     return _path_integral(model, inputs, target, baselines, n_steps, method, batch_size, return_delta,
-                          lambda: guided(model, mode="guided", maxpool=True))
+                          guided(model, mode="guided", maxpool=True))
 
 
 def gnl_heatmap(attributions: Tensor) -> Tensor:

@@ -24,14 +24,15 @@ per-example sums are plain reductions (deterministic on every device).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Union
 
 import torch
 from torch import Tensor
 
-from ._batching import default_batch_size
-from ._common import Target, check_baselines, check_inputs, resolve_target
+from .. import engine
+from ..targets import resolve
+from ._common import Target, check_baselines, check_inputs, derived_inputs
 from .gradients import input_gradients
 
 KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -59,14 +60,6 @@ def _check_scale(value, name: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"fastattr: {name} must be a finite number >= 0, got {value}")
     return value
-
-
-def _chunk_rows(batch_size, inputs: Tensor) -> int:
-    """Noisy inputs per call of the base: ``batch_size``, or with ``None`` the
-    size the gradient loop picks for these inputs (``default_batch_size``)."""
-    if batch_size is None:
-        return default_batch_size(inputs)
-    return _check_count(batch_size, "batch_size")
 
 
 def _check_generator(generator) -> None:
@@ -114,21 +107,6 @@ def _resolve_base(base) -> tuple[Callable, str]:
 # --------------------------------------------------------------------------- chunking
 
 
-def _chunks(batch: int, n: int, batch_size: int) -> Iterator[tuple[int, int, int, int]]:
-    """Rectangles (b0, b1, s0, s1) of (example, sample) indices with at most
-    ``batch_size`` rows each, covering the B x n grid in sample-major order."""
-    if batch_size >= batch * n:
-        yield 0, batch, 0, n
-    elif batch_size >= n:
-        per = batch_size // n
-        for b0 in range(0, batch, per):
-            yield b0, min(b0 + per, batch), 0, n
-    else:
-        for b in range(batch):
-            for s0 in range(0, n, batch_size):
-                yield b, b + 1, s0, min(s0 + batch_size, n)
-
-
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
@@ -168,12 +146,6 @@ class _Baselines:
         if self.kind == "row":
             return _grid(self.value, batch, n, b0, b1, s0, s1)
         return self.value
-
-
-def _target_rows(target, b0: int, b1: int, reps: int):
-    if isinstance(target, Tensor):
-        return _rows(target, b0, b1, reps)
-    return target  # a callable scores every row itself
 
 
 # --------------------------------------------------------------------------- SmoothGrad
@@ -227,7 +199,7 @@ def smooth_grad(
         batch_size: at most this many noisy inputs per call of the base (also
             passed on to the base, so IG evaluates at most this many path
             points per forward pass). ``None``: the gradient loop's default
-            for these inputs (``methods._batching.default_batch_size``).
+            for these inputs (``fastattr.engine.default_batch_size``).
         **base_kwargs: forwarded to the base, e.g. ``abs=False`` for saliency,
             ``n_steps``/``method``/``baselines`` for IG. ``baselines`` is
             expanded like the targets; a tensor of shape ``(B * n_samples, ...)``
@@ -244,23 +216,27 @@ def smooth_grad(
         raise ValueError(f"fastattr: unknown kind {kind!r}; expected one of {KINDS}")
     n = _check_count(n_samples, "n_samples")
     sigma = _check_scale(stdevs, "stdevs")
-    rows = _chunk_rows(batch_size, inputs)
+    rows = engine.check_batch_size(batch_size, inputs)
     fn, _ = _resolve_base(base)
     eps = _unit_noise(inputs, n, noise, generator)
 
-    resolved = resolve_target(model, inputs, target)
+    resolved = resolve(model, inputs, target, rows)
     baselines = _Baselines(base_kwargs.pop("baselines"), inputs, n) if "baselines" in base_kwargs else None
 
     batch = inputs.shape[0]
     total = total_sq = None
     deltas = None
-    for b0, b1, s0, s1 in _chunks(batch, n, rows):
+    for tile in engine.plan(batch, n, rows, inner="points"):
+        # engine samples are the examples b, its points their noisy copies s
+        b0, b1, s0, s1 = tile.s0, tile.s1, tile.k0, tile.k1
+        target_rows = resolved.subset(tile.sample_index(inputs.device))
         reps = s1 - s0
         noisy = _rows(inputs, b0, b1, reps) + sigma * _grid(eps, batch, n, b0, b1, s0, s1)
         kwargs = dict(base_kwargs)
         if baselines is not None:
             kwargs["baselines"] = baselines.select(batch, n, b0, b1, s0, s1)
-        out = fn(model, noisy, target=_target_rows(resolved, b0, b1, reps), batch_size=batch_size, **kwargs)
+        with derived_inputs():
+            out = fn(model, noisy, target=target_rows, batch_size=batch_size, **kwargs)
         delta = None
         if isinstance(out, tuple):
             if len(out) != 2:
@@ -337,9 +313,9 @@ def smooth_taylor(
     scale = _check_scale(noise_scale, "noise_scale")
     if not isinstance(percent, bool):
         raise TypeError(f"fastattr: percent must be a bool, got {type(percent).__name__}")
-    rows = _chunk_rows(batch_size, inputs)
+    rows = engine.check_batch_size(batch_size, inputs)
     eps = _unit_noise(inputs, n, noise, generator)
-    resolved = resolve_target(model, inputs, target)
+    resolved = resolve(model, inputs, target, rows)
 
     batch = inputs.shape[0]
     bcast = (-1,) + (1,) * (inputs.dim() - 1)
@@ -350,11 +326,15 @@ def smooth_taylor(
         sigma = inputs.new_full((batch,), scale)
 
     total = torch.zeros_like(inputs, dtype=_accumulation_dtype(inputs.dtype))
-    for b0, b1, s0, s1 in _chunks(batch, n, rows):
+    for tile in engine.plan(batch, n, rows, inner="points"):
+        # engine samples are the examples b, its points their noisy copies s
+        b0, b1, s0, s1 = tile.s0, tile.s1, tile.k0, tile.k1
+        target_rows = resolved.subset(tile.sample_index(inputs.device))
         reps = s1 - s0
         x = _rows(inputs, b0, b1, reps)
         roots = x + _rows(sigma, b0, b1, reps).view(bcast) * _grid(eps, batch, n, b0, b1, s0, s1)
-        grads = input_gradients(model, roots, target=_target_rows(resolved, b0, b1, reps), batch_size=rows)
+        with derived_inputs():
+            grads = input_gradients(model, roots, target=target_rows, batch_size=rows)
         with torch.no_grad():
             term = (x - roots) * grads.detach()
             total[b0:b1] += term.view((b1 - b0, reps) + tuple(inputs.shape[1:])).to(total.dtype).sum(dim=1)
