@@ -20,9 +20,10 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 from .. import reference
+from .._ops import pool2d_arguments
+from ..guidance import GuidedMode
 
 # --------------------------------------------------------------------------- pure-PyTorch guided rules
 
@@ -57,39 +58,22 @@ class _RefGuidedMaxPool(torch.autograd.Function):
         return reference.guided_max_pool2d_backward(grad, idx, shape, k, s, p, d, "reference"), None, None, None, None, None
 
 
-class RefGuided(TorchFunctionMode):
-    """Guided backprop / deconvnet (and GNL's max-pool rule) in plain PyTorch, hook-free."""
+class RefGuided(GuidedMode):
+    """Guided backprop / deconvnet (and GNL's max-pool rule) in plain PyTorch: the
+    routing of ``fastattr.guided`` (one table, :mod:`fastattr.guidance`), with
+    every rerouted call computed by ``torch.autograd.Function``s written with
+    ordinary torch ops (:mod:`fastattr.reference`) instead of fastattr's ops."""
 
     def __init__(self, mode: str = "guided", maxpool: bool = False):
-        super().__init__()
-        self.mode, self.maxpool = mode, maxpool
+        super().__init__(mode, "reference" if maxpool else None)
 
-    def _relu(self, x, inplace=False, upper=None):
-        out = _RefGuidedReLU.apply(x, self.mode, upper)
-        return x.copy_(out) if inplace else out
+    def apply_relu(self, call):
+        out = _RefGuidedReLU.apply(call.x, self.relu_mode, call.upper)
+        return call.x.copy_(out) if call.inplace else out
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in (F.relu, torch.relu, torch.Tensor.relu):
-            return self._relu(args[0], kwargs.get("inplace", args[1] if len(args) > 1 else False))
-        if func in (F.relu_, torch.relu_, torch.Tensor.relu_):
-            return self._relu(args[0], True)
-        if func is F.relu6:
-            return self._relu(args[0], kwargs.get("inplace", args[1] if len(args) > 1 else False), 6.0)
-        if func is F.hardtanh:
-            names = ("input", "min_val", "max_val", "inplace")
-            a = dict(zip(names, args)) | kwargs
-            if a.get("min_val", -1.0) == 0.0 and a.get("max_val", 1.0) > 0:
-                return self._relu(a["input"], a.get("inplace", False), float(a["max_val"]))
-        if self.maxpool and func in (F.max_pool2d, F.max_pool2d_with_indices, torch.max_pool2d):
-            names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-            a = dict(zip(names, args)) | kwargs
-            k = a["kernel_size"]
-            s = a.get("stride") or k
-            out, idx = _RefGuidedMaxPool.apply(a["input"], k, s, a.get("padding", 0), a.get("dilation", 1),
-                                               a.get("ceil_mode", False))
-            return (out, idx) if a.get("return_indices", False) or func is F.max_pool2d_with_indices else out
-        return func(*args, **kwargs)
+    def apply_pool(self, call):
+        k, s, p, d = pool2d_arguments(call.kernel_size, call.stride, call.padding, call.dilation)
+        return _RefGuidedMaxPool.apply(call.x, k, s, p, d, call.ceil_mode)
 
 
 # --------------------------------------------------------------------------- pure-PyTorch baselines

@@ -135,6 +135,14 @@ def _double_conv(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+@torch.fx.wrap
+def _check_unet_size(x):
+    # A leaf for torch.fx (wrapped), so that symbolic_trace keeps the check
+    # instead of failing on a shape-dependent branch.
+    if x.shape[-1] % 8 or x.shape[-2] % 8:
+        raise ValueError(f"LesionUNet: height and width must be multiples of 8, got {tuple(x.shape[-2:])}")
+
+
 class LesionUNet(nn.Module):
     """A small U-Net (three down-sampling steps) giving one channel of lesion
     logits at the input resolution. Height and width must be multiples of 8."""
@@ -159,8 +167,7 @@ class LesionUNet(nn.Module):
         self.head = nn.Conv2d(w1, out_channels, 1)
 
     def forward(self, x):
-        if x.shape[-1] % 8 or x.shape[-2] % 8:
-            raise ValueError(f"LesionUNet: height and width must be multiples of 8, got {tuple(x.shape[-2:])}")
+        _check_unet_size(x)
         e1 = self.enc1(self.normalize(x))
         e2 = self.enc2(self.pool(e1))
         e3 = self.enc3(self.pool(e2))

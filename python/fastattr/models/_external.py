@@ -134,9 +134,11 @@ def load_file(spec: str, path: Path) -> nn.Module:
         raise ModelLoadError(f"fastattr.models: no such model file {str(path)!r}")
     if path.suffix == ".pt2":
         try:
-            return torch.export.load(str(path)).module()
+            program = torch.export.load(str(path))
         except Exception as e:
             raise ModelLoadError(f"fastattr.models: {str(path)!r} is not a torch.export archive (torch.export.save): {e}") from e
+        _warn_static_batch(program, path)
+        return program.module()
     try:
         with warnings.catch_warnings():
             # TorchScript is deprecated in recent torch, but files made with it are still common.
@@ -149,6 +151,23 @@ def load_file(spec: str, path: Path) -> nn.Module:
             "or torch.export.save(torch.export.export(model, (x,)), 'model.pt2'), "
             "or give a 'package.module:factory' spec that builds it"
         ) from e
+
+
+def _warn_static_batch(program, path: Path) -> None:
+    """Attribution methods run the model on chunks of path points / copies whose
+    row count differs from the batch it was exported with: a static batch size
+    fails there, so say how to export it instead."""
+    names = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in names:
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.dim() >= 1 and isinstance(val.shape[0], int):
+                warnings.warn(
+                    f"fastattr.models: {str(path)!r} was exported with a static batch size of {val.shape[0]}; "
+                    "attribution methods evaluate chunks of other sizes, which it will refuse. Export it with a "
+                    "dynamic batch: torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},))",
+                    UserWarning, stacklevel=4)
+            return
 
 
 def set_eval(model: nn.Module) -> nn.Module:
