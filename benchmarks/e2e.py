@@ -65,7 +65,7 @@ CASES = {
 METHODS = ("integrated_gradients", "gnl_integrated_gradients", "guided_backprop")
 IMPLS = ("fastattr", "captum", "captum_batched")
 # fastattr under torch.compile(model) and under bf16 autocast (CUDA only).
-VARIANTS = ("compile", "bf16")
+VARIANTS = ("compile", "bf16", "channels_last")
 
 
 def _sync(device):
@@ -99,7 +99,13 @@ def gnl_hooks(model):
 def _variant_model(model, variant):
     if variant == "compile":
         return torch.compile(model)
+    if variant == "channels_last":
+        return model.to(memory_format=torch.channels_last)
     return model
+
+
+def _variant_inputs(x, variant):
+    return x.contiguous(memory_format=torch.channels_last) if variant == "channels_last" else x
 
 
 def _autocast(device, variant):
@@ -112,7 +118,7 @@ def _autocast(device, variant):
 
 def make_runner(case: Case, method: str, impl: str, device, batch_size=None):
     """A zero-argument callable that computes the attributions once.
-    ``impl`` is fastattr, fastattr+compile, fastattr+bf16, captum or captum_batched."""
+    ``impl`` is fastattr, fastattr+compile, fastattr+bf16, fastattr+channels_last, captum or captum_batched."""
     model = case.model(device)
     x = case.inputs(device)
     with torch.no_grad():
@@ -122,6 +128,7 @@ def make_runner(case: Case, method: str, impl: str, device, batch_size=None):
 
         variant = impl.partition("+")[2]
         model = _variant_model(model, variant)
+        x = _variant_inputs(x, variant)
         fn = getattr(fastattr, method)
         kwargs = {} if method == "guided_backprop" else dict(n_steps=case.n_steps)
         if batch_size is not None:
@@ -194,7 +201,7 @@ def pass_sizes(case: Case, device) -> list[int]:
 def limit_runner(case: Case, device, per_pass: int, variant=""):
     """n_steps*B forward+backward passes (to the input) of ``per_pass`` samples each."""
     model = _variant_model(case.model(device), variant)
-    x = case.inputs(device)
+    x = _variant_inputs(case.inputs(device), variant)
     total = case.batch * case.n_steps
 
     def run():

@@ -156,7 +156,6 @@ def test_bench_baselines_agree(tiny_model, capsys):
     out = capsys.readouterr().out
     assert "guided_backprop" in out and "speedup" in out
     for r in rows:
-        assert r["fastattr_s"] > 0 and r["baseline_s"] > 0
         assert r["max_rel_diff"] < 1e-5, r
     assert "captum_s" in rows[0]
     # the baselines' guided rules are really active (they are not plain gradients)
@@ -191,8 +190,6 @@ def test_demo_runs(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     methods = {r["method"] for r in summary["rows"]}
     assert {"integrated_gradients", "gnl_integrated_gradients", "guided_backprop", "saliency", "smooth_grad"} <= methods
-    for r in summary["rows"]:
-        assert r["seconds_per_image"] > 0 and r["forward_passes_per_image"] >= 1
     assert all("auc" not in k.lower() for r in summary["rows"] for k in r)
     for g in summary["grids"]:
         with Image.open(g) as im:

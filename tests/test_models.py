@@ -37,9 +37,8 @@ def test_available_and_info():
         assert len(meta["mean"]) == len(meta["std"]) == 3
         assert meta["input_size"][1:] == data.info(meta["dataset"])["image_size"]
         assert models.weights_path(name).stat().st_size < 2_000_000
-    assert models.info("shapes-vgg")["metrics"]["test_accuracy"] >= 0.95
-    assert models.info("shapes-resnet")["metrics"]["test_accuracy"] >= 0.95
-    assert models.info("lesions-unet")["metrics"]["test_dice"] >= 0.85
+    # The shipped metrics are not checked here (a file the training wrote); the
+    # weights' accuracy and Dice are measured below.
 
 
 @pytest.mark.parametrize("name,shape,out", [
