@@ -201,3 +201,18 @@ def test_static_batch_export_warns_at_load(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         fastattr.models.load(str(tmp_path / "dynamic.pt2"))
+
+
+def test_compiled_model_guided_then_plain():
+    """A compiled model reused across guided and plain calls: its cached graphs
+    must not leak the guided rule into a plain call (or the reverse), and a
+    guided call served from the cache must not warn that no ReLU ran."""
+    model, x, target = make_case("functional")
+    compiled = torch.compile(model, backend="aot_eager")
+    eager_guided = fastattr.guided_backprop(model, x, target)
+    eager_plain = fastattr.saliency(model, x, target, abs=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for _ in range(2):
+            assert rel(fastattr.guided_backprop(compiled, x, target), eager_guided) <= 1e-6
+            assert rel(fastattr.saliency(compiled, x, target, abs=False), eager_plain) <= 1e-6

@@ -69,14 +69,21 @@ int main(int argc, char** argv) {
   check(equal(relu_bwd.call(g, y6, "deconvnet", 6.0), {1.0f, 1.0f, 0.0f, 2.0f}),
         "deconvnet rule relu(g)");
 
-  // ig_path_inputs(Tensor self, Tensor baseline, float[] alphas) -> Tensor
+  // ig_path_inputs(Tensor self, Tensor baseline, Tensor alphas) -> Tensor
   auto path = dispatcher.findSchemaOrThrow("fastattr::ig_path_inputs", "")
-                  .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::ArrayRef<double>)>();
+                  .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
   auto inp = at::tensor({4.0f, 8.0f}, at::kFloat).view({1, 2});
   auto base = at::zeros({1, 2}, at::kFloat);
-  std::vector<double> alphas{0.25, 1.0};
-  check(equal(path.call(inp, base, alphas), {1.0f, 2.0f, 4.0f, 8.0f}),
-        "ig_path_inputs step-major batch");
+  auto alphas = at::tensor({0.25, 1.0}, at::kDouble);
+  auto batch = path.call(inp, base, alphas);
+  check(equal(batch, {1.0f, 2.0f, 4.0f, 8.0f}), "ig_path_inputs step-major batch");
+
+  // ig_accumulate_(Tensor(a!) total, Tensor grads, Tensor weights) -> ()
+  auto acc = dispatcher.findSchemaOrThrow("fastattr::ig_accumulate_", "")
+                 .typed<void(at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  auto total = at::ones({1, 2}, at::kFloat);
+  acc.call(total, batch, at::tensor({0.5, 2.0}, at::kDouble));
+  check(equal(total, {1.0f + 0.5f + 8.0f, 1.0f + 1.0f + 16.0f}), "ig_accumulate_ weighted sum in place");
 
   // Errors surface as c10::Error with the argument named.
   bool threw = false;
