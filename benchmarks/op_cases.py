@@ -281,6 +281,131 @@ def _empty_ig_accumulate(device, dtype, variant):
 
 _IG_VARIANTS = ("shared", "per-sample")
 
+
+# --- perturbation masks (RISE / MFPP, occlusion, feature ablation) ----------------
+# RISE (spec §3.1): one 224x224 image and 64 masks from 7x7 grids (cell 32, up
+# 256); 16 images of 64x64 with 16 masks from 8x8 grids (cell 8, up 72). Small:
+# 10x12 crops out of 14x17 maps, rectangular grids, uniform (not binary) grid
+# values so that every interpolation weight shows, masks drawing grids in any order.
+
+def _rise_geometry(small, variant="mirror"):
+    """(images, masks, grids, grid cells, crop size, up size, mode)."""
+    mode = "clamp" if variant.startswith("clamp") else "mirror"
+    if small:
+        return (3 if variant.endswith("16-images") else 2), 5, 4, (3, 4), (10, 12), (14, 17), mode
+    if variant.endswith("16-images"):
+        return 16, 16, 16, (8, 8), (64, 64), (72, 72), mode
+    return 1, 64, 64, (7, 7), (224, 224), (256, 256), mode
+
+
+def _rise_draws(device, grid_dtype, small, variant, masks=None):
+    images, n_masks, n_grids, cells, size, up, mode = _rise_geometry(small, variant)
+    n_masks = n_masks if masks is None else masks
+    g = torch.Generator().manual_seed(8)
+    grids = torch.rand((n_grids, *cells), generator=g)
+    if not small:
+        grids = (grids < 0.5).float()  # RISE's binary grids, p = 1/2
+    index = torch.randint(0, n_grids, (n_masks,), generator=g) if small else torch.arange(n_masks) % n_grids
+    shifts = torch.stack([torch.randint(0, up[0] - size[0] + 1, (n_masks,), generator=g),
+                          torch.randint(0, up[1] - size[1] + 1, (n_masks,), generator=g)], dim=1)
+    return grids.to(device=device, dtype=grid_dtype), index.to(device), shifts.to(device), size, up, mode
+
+
+_RISE_MASK_VARIANTS = ("mirror", "clamp")
+
+
+def _build_rise_masks(device, dtype, small, variant):
+    grids, index, shifts, size, up, mode = _rise_draws(device, dtype, small, variant)
+    return (grids, index, shifts, list(size), list(up), mode)
+
+
+def _empty_rise_masks(device, dtype, variant):
+    grids, index, shifts, size, up, mode = _rise_draws(device, dtype, True, variant, masks=0)
+    return (grids, index, shifts, list(size), list(up), mode)
+
+
+_RISE_BATCH_VARIANTS = ("mirror-1-image", "clamp-1-image", "mirror-16-images")
+
+
+def _build_rise_masked_batch(device, dtype, small, variant):
+    images, _, _, _, size, _, _ = _rise_geometry(small, variant)
+    # float32 grids for a float16/bfloat16 batch, as the RISE method passes them.
+    grids, index, shifts, _, up, mode = _rise_draws(device, _acc_dtype(dtype), small, variant)
+    shape = (images, 3, *size)
+    return (_rand(shape, device, dtype, 9), _rand(shape, device, dtype, 10, scale=0.5), grids, index, shifts,
+            list(up), mode)
+
+
+def _empty_rise_masked_batch(device, dtype, variant):
+    _, _, _, _, size, _, _ = _rise_geometry(True, variant)
+    grids, index, shifts, _, up, mode = _rise_draws(device, _acc_dtype(dtype), True, variant)
+    e = torch.empty(0, 3, *size, device=device, dtype=dtype)
+    return (e, e.clone(), grids, index, shifts, list(up), mode)
+
+
+def _rise_batch_bytes(x, b, grids, index, shifts, *_):
+    return (2 + index.shape[0]) * nbytes(x) + nbytes(grids, index, shifts)
+
+
+# Feature ablation / LIME / MFPP fragments: 64 keep rows (0/1, p = 1/2) over
+# ~200 Voronoi segments of a 224x224 image, shared by its 3 channels. Small: 7
+# segments, fractional keep values, a map shared by the batch or one per sample
+# (and per channel).
+_SEGMENT_VARIANTS = ("shared", "per-sample")
+
+
+def _voronoi_segments(h, w, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    seeds = torch.rand(n, 2, generator=g) * torch.tensor([h, w])
+    pixels = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1).reshape(-1, 2).float()
+    return torch.cdist(pixels, seeds).argmin(1).reshape(h, w)
+
+
+def _build_segment_masked_batch(device, dtype, small, variant):
+    shape = (2, 3, 10, 12) if small else (1, 3, 224, 224)
+    g = torch.Generator().manual_seed(11)
+    if small:
+        n_segments, n_masks = 7, 5
+        lead = shape[0] if variant == "per-sample" else 1
+        segments = torch.randint(0, n_segments, (lead, *shape[1:]), generator=g)
+        keep = torch.rand(n_masks, n_segments, generator=g)
+    else:
+        n_segments, n_masks = 200, 64
+        segments = _voronoi_segments(*shape[2:], n_segments, 12).expand(shape[0], *shape[1:]).contiguous()
+        keep = (torch.rand(n_masks, n_segments, generator=g) < 0.5).float()
+    return (_rand(shape, device, dtype, 13), _rand(shape, device, dtype, 14, scale=0.5), segments.to(device),
+            keep.to(device=device, dtype=_acc_dtype(dtype)))
+
+
+def _empty_segment_masked_batch(device, dtype, variant):
+    _, _, segments, keep = _build_segment_masked_batch(device, dtype, True, "shared")
+    e = torch.empty(0, 3, 10, 12, device=device, dtype=dtype)
+    return (e, e.clone(), segments, keep)
+
+
+# Occlusion: Captum's ResNet-style 3x15x15 windows, stride (3, 8, 8), on one
+# 224x224 image: 28 x 28 windows (ceil(209 / 8) + 1 per dim, the last clipped),
+# 64 of them from window 100 on. Small: 3-D windows (40 of them, the last of
+# each dim clipped; 7 selected) and per-channel windows (all 45).
+_WINDOWS = {
+    # variant: (small window, strides, start, count), (large ...)
+    "3x15x15-stride-8": (([2, 3, 4], [1, 2, 3], 5, 7), ([3, 15, 15], [3, 8, 8], 100, 64)),
+    "per-channel": (([1, 4, 5], [1, 3, 2], 0, 45), ([1, 15, 15], [1, 8, 8], 0, 64)),
+}
+
+
+def _build_window_masked_batch(device, dtype, small, variant):
+    shape = (2, 3, 10, 12) if small else (1, 3, 224, 224)
+    window, strides, start, count = _WINDOWS[variant][0 if small else 1]
+    return (_rand(shape, device, dtype, 15), _rand(shape, device, dtype, 16, scale=0.5), list(window), list(strides),
+            start, count)
+
+
+def _empty_window_masked_batch(device, dtype, variant):
+    window, strides, start, count = _WINDOWS[variant][0]
+    e = torch.empty(0, 3, 10, 12, device=device, dtype=dtype)
+    return (e, e.clone(), list(window), list(strides), start, count)
+
 CASES: dict[str, OpCase] = {
     c.op: c
     for c in (
@@ -327,6 +452,33 @@ CASES: dict[str, OpCase] = {
             mutates=True,
             # CUDA may fuse each multiply-add (one rounding instead of two).
             exact_parity=False,
+        ),
+        OpCase(
+            "fastattr::rise_masks", "64 RISE masks 224x224 (7x7 grids, up 256)",
+            _build_rise_masks, _empty_rise_masks,
+            # read the grids, indices and shifts; write the masks
+            bytes_moved=lambda grids, index, shifts, size, *_: (nbytes(grids, index, shifts)
+                                                               + index.shape[0] * size[0] * size[1] * grids.element_size()),
+            autograd="differentiable", layout_args=(0,), variants=_RISE_MASK_VARIANTS,
+            layouts=("contiguous", "transposed", "sliced"),  # grids are 3-D: no channels_last
+        ),
+        OpCase(
+            "fastattr::rise_masked_batch", "64 RISE masks x (1,3,224,224)",
+            _build_rise_masked_batch, _empty_rise_masked_batch,
+            bytes_moved=_rise_batch_bytes,
+            autograd="differentiable", layout_args=(0, 1), variants=_RISE_BATCH_VARIANTS,
+        ),
+        OpCase(
+            "fastattr::segment_masked_batch", "64 keep rows x 200 segments x (1,3,224,224)",
+            _build_segment_masked_batch, _empty_segment_masked_batch,
+            bytes_moved=lambda x, b, seg, keep: (2 + keep.shape[0]) * nbytes(x) + nbytes(seg, keep),
+            autograd="differentiable", layout_args=(0, 1, 2), variants=_SEGMENT_VARIANTS,
+        ),
+        OpCase(
+            "fastattr::window_masked_batch", "64 occlusion windows 3x15x15 stride 8 x (1,3,224,224)",
+            _build_window_masked_batch, _empty_window_masked_batch,
+            bytes_moved=lambda x, b, window, strides, start, count: (2 + count) * nbytes(x),
+            autograd="differentiable", layout_args=(0, 1), variants=tuple(_WINDOWS),
         ),
     )
 }

@@ -44,6 +44,8 @@ def test_ops_are_registered():
         "fastattr::guided_relu", "fastattr::_guided_relu_backward",
         "fastattr::guided_max_pool2d", "fastattr::_guided_max_pool2d_backward",
         "fastattr::ig_path_inputs", "fastattr::ig_accumulate_",
+        "fastattr::rise_masks", "fastattr::rise_masked_batch",
+        "fastattr::segment_masked_batch", "fastattr::window_masked_batch",
     }
     assert fastattr.ops.has_ops()
     assert expected <= set(COMPUTE_OPS)

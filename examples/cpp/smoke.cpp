@@ -85,6 +85,17 @@ int main(int argc, char** argv) {
   acc.call(total, batch, at::tensor({0.5, 2.0}, at::kDouble));
   check(equal(total, {1.0f + 0.5f + 8.0f, 1.0f + 1.0f + 16.0f}), "ig_accumulate_ weighted sum in place");
 
+  // window_masked_batch(Tensor self, Tensor baseline, int[] window, int[] strides, int start,
+  //                     int count) -> Tensor: Captum Occlusion windows, step-major.
+  auto windows = dispatcher.findSchemaOrThrow("fastattr::window_masked_batch", "")
+                     .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef,
+                                       at::IntArrayRef, int64_t, int64_t)>();
+  auto row = at::tensor({1.0f, 2.0f, 3.0f, 4.0f, 5.0f}, at::kFloat).view({1, 5});
+  // 5 elements, window 2, stride 2: windows at 0, 2 and 4 (the last clipped).
+  auto occluded = windows.call(row, at::zeros({1, 5}, at::kFloat), {2}, {2}, 1, 2);
+  check(equal(occluded, {1.0f, 2.0f, 0.0f, 0.0f, 5.0f, 1.0f, 2.0f, 3.0f, 4.0f, 0.0f}),
+        "window_masked_batch occludes windows 1 and 2 (clipped at the edge)");
+
   // Errors surface as c10::Error with the argument named.
   bool threw = false;
   try {
@@ -100,7 +111,9 @@ int main(int argc, char** argv) {
 #ifdef FASTATTR_SMOKE_CUDA
   for (const char* name : {"fastattr::guided_relu", "fastattr::_guided_relu_backward",
                            "fastattr::guided_max_pool2d", "fastattr::_guided_max_pool2d_backward",
-                           "fastattr::ig_path_inputs", "fastattr::ig_accumulate_"}) {
+                           "fastattr::ig_path_inputs", "fastattr::ig_accumulate_",
+                           "fastattr::rise_masks", "fastattr::rise_masked_batch",
+                           "fastattr::segment_masked_batch", "fastattr::window_masked_batch"}) {
     check(dispatcher.findSchemaOrThrow(name, "").hasKernelForDispatchKey(c10::DispatchKey::CUDA),
           std::string(name) + " has a CUDA kernel");
   }

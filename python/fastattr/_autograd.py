@@ -6,6 +6,10 @@ is linear in ``grad_output`` on pieces where its masks are constant, so its
 derivative w.r.t. ``grad_output`` is the mask and w.r.t. the saved forward
 tensors is zero.
 
+The perturbation-mask ops (``rise_masks`` and the masked batches) are
+differentiable w.r.t. every floating input: input and baseline, and the mask
+description (RISE grids, segment keep rows), which enters the masks linearly.
+
 ``ig_accumulate_`` mutates its input and returns nothing: it is forward-only
 and has no formula (``benchmarks/op_cases.py`` declares each op's autograd and
 ``tests/test_build.py`` checks the declarations against these registrations)."""
@@ -156,4 +160,195 @@ def _ig_path_inputs_backward(ctx, grad_output):
 
 torch.library.register_autograd(
     "fastattr::ig_path_inputs", _ig_path_inputs_backward, setup_context=_ig_path_inputs_setup_context
+)
+
+
+# --- perturbation masks ------------------------------------------------------------
+# A masked batch is out[k*S + s] = baseline[s] + M_k(s) * (input[s] - baseline[s]),
+# linear in input and baseline, and linear in the mask description (grids,
+# keep), which enters M linearly. So grad_input = sum_k M_k g_k,
+# grad_baseline = sum_k (1 - M_k) g_k, and the description's gradient is the
+# adjoint of the mask map applied to sum_s g_k (input - baseline). The masks
+# are rebuilt in the backward (the RISE ones with the rise_masks op); sums run
+# in float32 for float16/bfloat16 gradients. Every formula is made of
+# differentiable torch ops (and rise_masks, itself differentiable), so double
+# backward is exact. Entries the ops make NaN (out-of-range grid indices,
+# crops or segment ids) give NaN input gradients and no description gradient.
+
+
+def _acc_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _axis_weights(shift, length, cells, up, mode, dtype):
+    """(N, cells, length): the bilinear weight of grid cell i in crop position
+    l of mask n along one axis (shift[n] + l up-sampled from `cells` cells to
+    `up`), the transpose of what the kernels read; 0 outside the map."""
+    dst = shift[:, None] + torch.arange(length, device=shift.device)
+    src = (dst.to(torch.float64) + 0.5) * cells / up - 0.5
+    if mode == "clamp":
+        src = src.clamp_min(0)
+        lo = src.floor().long().clamp_max(cells - 1)
+        hi = (lo + 1).clamp_max(cells - 1)
+        t = src - lo
+    else:  # mirror: -1 -> 1, cells -> cells - 2
+        f = src.floor()
+        t = src - f
+        lo = f.long()
+        hi = lo + 1
+        lo = lo.abs()
+        hi = torch.where(hi > cells - 1, 2 * (cells - 1) - hi, hi)
+    inside = ((dst >= 0) & (dst < up)).to(dtype)
+    t = t.to(dtype)
+    weights = torch.zeros((shift.shape[0], cells, length), dtype=dtype, device=shift.device)
+    weights = weights.scatter_add(1, lo.clamp(0, cells - 1)[:, None], ((1 - t) * inside)[:, None])
+    return weights.scatter_add(1, hi.clamp(0, cells - 1)[:, None], (t * inside)[:, None])
+
+
+def _rise_masks_adjoint(cotangent, grid_index, shifts, grids_shape, up_size, mode):
+    """d<cotangent, rise_masks(grids)>/d grids, for a (N, H, W) cotangent."""
+    n_grids, gh, gw = grids_shape
+    _, h, w = cotangent.shape
+    rows = _axis_weights(shifts[:, 0], h, gh, up_size[0], mode, cotangent.dtype)  # (N, gh, H)
+    cols = _axis_weights(shifts[:, 1], w, gw, up_size[1], mode, cotangent.dtype)  # (N, gw, W)
+    per_mask = rows @ cotangent @ cols.transpose(1, 2)  # (N, gh, gw)
+    valid = (grid_index >= 0) & (grid_index < n_grids)
+    per_mask = per_mask * valid[:, None, None].to(per_mask.dtype)
+    grad = torch.zeros((n_grids, gh, gw), dtype=per_mask.dtype, device=per_mask.device)
+    return grad.index_add(0, grid_index.clamp(0, n_grids - 1), per_mask)
+
+
+def _rise_masks_setup_context(ctx, inputs, output):
+    grids, grid_index, shifts, _, up_size, mode = inputs
+    ctx.grids_shape, ctx.grids_dtype = grids.shape, grids.dtype
+    ctx.up_size, ctx.mode = list(up_size), mode
+    ctx.save_for_backward(grid_index, shifts)
+
+
+def _rise_masks_backward(ctx, grad):
+    grid_index, shifts = ctx.saved_tensors
+    grad_grids = None
+    if ctx.needs_input_grad[0]:
+        cot = grad.to(_acc_dtype(grad.dtype))
+        grad_grids = _rise_masks_adjoint(cot, grid_index, shifts, ctx.grids_shape, ctx.up_size, ctx.mode)
+        grad_grids = grad_grids.to(ctx.grids_dtype)
+    return grad_grids, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "fastattr::rise_masks", _rise_masks_backward, setup_context=_rise_masks_setup_context
+)
+
+
+def _rise_masked_batch_setup_context(ctx, inputs, output):
+    self, baseline, grids, grid_index, shifts, up_size, mode = inputs
+    ctx.input_shape = self.shape
+    ctx.grids_shape, ctx.grids_dtype = grids.shape, grids.dtype
+    ctx.up_size, ctx.mode = list(up_size), mode
+    # input - baseline is needed only for the grids' gradient.
+    ctx.save_for_backward(grids, grid_index, shifts, *((self, baseline) if ctx.needs_input_grad[2] else ()))
+
+
+def _rise_masked_batch_backward(ctx, grad):
+    grids, grid_index, shifts, *saved = ctx.saved_tensors
+    s, c, h, w = ctx.input_shape
+    acc = _acc_dtype(grad.dtype)
+    g = grad.reshape(grid_index.shape[0], s, c, h, w).to(acc)
+    grad_input = grad_baseline = grad_grids = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        m = torch.ops.fastattr.rise_masks.default(grids, grid_index, shifts, [h, w], ctx.up_size, ctx.mode).to(acc)
+        kept = torch.einsum("khw,kschw->schw", m, g)
+        grad_input = kept.to(grad.dtype)
+        grad_baseline = (g.sum(0) - kept).to(grad.dtype)
+    if ctx.needs_input_grad[2]:
+        self, baseline = saved
+        cot = torch.einsum("kschw,schw->khw", g, (self - baseline).to(acc))
+        grad_grids = _rise_masks_adjoint(cot, grid_index, shifts, ctx.grids_shape, ctx.up_size, ctx.mode)
+        grad_grids = grad_grids.to(ctx.grids_dtype)
+    return grad_input, grad_baseline, grad_grids, None, None, None, None
+
+
+torch.library.register_autograd(
+    "fastattr::rise_masked_batch", _rise_masked_batch_backward, setup_context=_rise_masked_batch_setup_context
+)
+
+
+def _segment_masked_batch_setup_context(ctx, inputs, output):
+    self, baseline, segments, keep = inputs
+    ctx.input_shape = self.shape
+    ctx.keep_dtype = keep.dtype
+    ctx.save_for_backward(segments, keep, *((self, baseline) if ctx.needs_input_grad[3] else ()))
+
+
+def _segment_masked_batch_backward(ctx, grad):
+    segments, keep, *saved = ctx.saved_tensors
+    shape = ctx.input_shape
+    masks, n_segments = keep.shape
+    row = math.prod(shape[1:])  # explicit: -1 is ambiguous for an empty batch
+    acc = _acc_dtype(grad.dtype)
+    g = grad.reshape(masks, shape[0], row).to(acc)
+    seg = segments.reshape(segments.shape[0], row)
+    valid = (seg >= 0) & (seg < n_segments)
+    ids = seg.clamp(0, n_segments - 1)
+    grad_input = grad_baseline = grad_keep = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        m = torch.where(valid, keep.to(acc)[:, ids], float("nan"))  # (K, 1 or S, row)
+        kept = (m * g).sum(0)
+        grad_input = kept.reshape(shape).to(grad.dtype)
+        grad_baseline = (g.sum(0) - kept).reshape(shape).to(grad.dtype)
+    if ctx.needs_input_grad[3]:
+        self, baseline = saved
+        contrib = g * (self - baseline).reshape(1, shape[0], row).to(acc)
+        contrib = torch.where(valid, contrib, 0).reshape(masks, -1)  # masks >= 1
+        index = ids.expand(shape[0], row).reshape(1, -1).expand(masks, -1)
+        grad_keep = torch.zeros((masks, n_segments), dtype=acc, device=g.device).scatter_add(1, index, contrib)
+        grad_keep = grad_keep.to(ctx.keep_dtype)
+    return grad_input, grad_baseline, None, grad_keep
+
+
+torch.library.register_autograd(
+    "fastattr::segment_masked_batch", _segment_masked_batch_backward,
+    setup_context=_segment_masked_batch_setup_context,
+)
+
+
+def _window_inside(sample_shape, window, strides, start, count, device):
+    """(count, *sample_shape) bool: True inside window start + k (Captum
+    Occlusion's windows, ceil((F - w) / s) + 1 per dim, the last clipped;
+    row-major over the window grid)."""
+    dims = len(sample_shape)
+    counts = [(f - w + s - 1) // s + 1 for f, w, s in zip(sample_shape, window, strides)]
+    j = start + torch.arange(count, device=device)
+    inside = torch.ones((count, *[1] * dims), dtype=torch.bool, device=device)
+    for d in reversed(range(dims)):
+        lo = (j % counts[d]) * strides[d]
+        j = j // counts[d]
+        coord = torch.arange(sample_shape[d], device=device)
+        along = (coord >= lo[:, None]) & (coord < lo[:, None] + window[d])  # (count, F_d)
+        shape = [count] + [1] * dims
+        shape[d + 1] = sample_shape[d]
+        inside = inside & along.reshape(shape)
+    return inside
+
+
+def _window_masked_batch_setup_context(ctx, inputs, output):
+    self, _, window, strides, start, count = inputs
+    ctx.input_shape = self.shape
+    ctx.geometry = (list(window), list(strides), start, count)
+
+
+def _window_masked_batch_backward(ctx, grad):
+    window, strides, start, count = ctx.geometry
+    shape = ctx.input_shape
+    acc = _acc_dtype(grad.dtype)
+    g = grad.reshape(count, *shape).to(acc)
+    inside = _window_inside(shape[1:], window, strides, start, count, grad.device)
+    occluded = (g * inside[:, None].to(acc)).sum(0)  # M = 0 there: that part goes to the baseline
+    grad_input = (g.sum(0) - occluded).to(grad.dtype)
+    return grad_input, occluded.to(grad.dtype), None, None, None, None
+
+
+torch.library.register_autograd(
+    "fastattr::window_masked_batch", _window_masked_batch_backward,
+    setup_context=_window_masked_batch_setup_context,
 )

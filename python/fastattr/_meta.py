@@ -12,7 +12,10 @@ ops' headers), so that a compiled graph lays its buffers out as eager does:
   same layout, else contiguous in grad_output's suggested memory format;
 - ``guided_max_pool2d`` (output and indices), ``_guided_max_pool2d_backward``,
   ``ig_path_inputs``: contiguous in the suggested memory format of self,
-  grad_output and input respectively (channels_last in, channels_last out).
+  grad_output and input respectively (channels_last in, channels_last out);
+- the masked batches (``rise_masked_batch``, ``segment_masked_batch``,
+  ``window_masked_batch``): contiguous in input's suggested memory format, like
+  ``ig_path_inputs``; ``rise_masks``: contiguous (N, H, W).
 """
 
 from __future__ import annotations
@@ -190,3 +193,113 @@ def _ig_accumulate_fake(total, grads, weights):
                  lambda: "fastattr.ig_accumulate_: total must be contiguous or channels_last (it is written in place), got "
                          f"strides {list(total.stride())} for shape {_shape(total)}")
     return None
+
+
+# --- perturbation masks (csrc/ops/perturb.h) ---------------------------------------
+# Masked batches come out in the input's suggested memory format (like
+# ig_path_inputs); rise_masks contiguous (N, H, W) in grids' dtype.
+
+_GRID_MODES = ("mirror", "clamp")
+
+
+def _check_on_device(op, t, name, like, like_name):
+    torch._check(t.device == like.device,
+                 lambda: f"fastattr.{op}: {name} must be on the device of {like_name} ({like.device}), got {t.device}")
+
+
+def _check_int64(op, t, name):
+    torch._check(t.dtype == torch.int64, lambda: f"fastattr.{op}: {name} must be an int64 tensor, got {t.dtype}")
+
+
+def _check_batch_operands(op, self, baseline):
+    _check_floating(self, "input")
+    torch._check(self.dim() >= 1, lambda: f"fastattr.{op}: input must have a batch dimension, got a 0-D tensor")
+    _check_same(self, "input", baseline, "baseline")
+
+
+def _check_rise_args(op, grids, grid_index, shifts, height, width, up_size, mode, like, like_name):
+    torch._check(grids.dtype.is_floating_point,
+                 lambda: f"fastattr.{op}: grids must be a floating-point tensor, got {grids.dtype}")
+    torch._check(grids.dim() == 3 and grids.shape[0] >= 1 and grids.shape[1] >= 1 and grids.shape[2] >= 1,
+                 lambda: f"fastattr.{op}: grids must have shape (G, gh, gw) with G, gh, gw >= 1, got shape {_shape(grids)}")
+    _check_mode(mode, _GRID_MODES)
+    torch._check(mode != "mirror" or (grids.shape[1] >= 2 and grids.shape[2] >= 2),
+                 lambda: f"fastattr.{op}: mode 'mirror' needs grids of at least 2x2 cells (it reflects index -1 to 1), "
+                         f"got shape {_shape(grids)}")
+    _check_int64(op, grid_index, "grid_index")
+    torch._check(grid_index.dim() == 1, lambda: f"fastattr.{op}: grid_index must have shape (N,), got shape {_shape(grid_index)}")
+    _check_int64(op, shifts, "shifts")
+    torch._check(shifts.dim() == 2 and shifts.shape[0] == grid_index.shape[0] and shifts.shape[1] == 2,
+                 lambda: f"fastattr.{op}: shifts must have shape (N, 2) = [{grid_index.shape[0]}, 2] (N = len(grid_index)), "
+                         f"got shape {_shape(shifts)}")
+    _check_on_device(op, grids, "grids", like, like_name)
+    _check_on_device(op, grid_index, "grid_index", like, like_name)
+    _check_on_device(op, shifts, "shifts", like, like_name)
+    torch._check(len(up_size) == 2 and up_size[0] >= 1 and up_size[1] >= 1 and up_size[0] >= height and up_size[1] >= width,
+                 lambda: f"fastattr.{op}: up_size must be two positive ints with up_size >= size = [{height}, {width}], "
+                         f"got {list(up_size)}")
+
+
+def _masked_batch_out(self, masks):
+    return torch.empty((masks * self.shape[0], *self.shape[1:]), dtype=self.dtype, device=self.device,
+                       memory_format=suggest_memory_format(self))
+
+
+@torch.library.register_fake("fastattr::rise_masks")
+def _rise_masks_fake(grids, grid_index, shifts, size, up_size, mode):
+    torch._check(len(size) == 2 and size[0] >= 0 and size[1] >= 0,
+                 lambda: f"fastattr.rise_masks: size must be two non-negative ints (H, W), got {list(size)}")
+    _check_rise_args("rise_masks", grids, grid_index, shifts, size[0], size[1], up_size, mode, grids, "grids")
+    return torch.empty((grid_index.shape[0], size[0], size[1]), dtype=grids.dtype, device=grids.device)
+
+
+@torch.library.register_fake("fastattr::rise_masked_batch")
+def _rise_masked_batch_fake(self, baseline, grids, grid_index, shifts, up_size, mode):
+    _check_batch_operands("rise_masked_batch", self, baseline)
+    torch._check(self.dim() == 4, lambda: f"fastattr.rise_masked_batch: input must be 4-D (S, C, H, W), got a {self.dim()}-D "
+                                          f"tensor of shape {_shape(self)}")
+    _check_rise_args("rise_masked_batch", grids, grid_index, shifts, self.shape[2], self.shape[3], up_size, mode, self,
+                     "input")
+    return _masked_batch_out(self, grid_index.shape[0])
+
+
+@torch.library.register_fake("fastattr::segment_masked_batch")
+def _segment_masked_batch_fake(self, baseline, segments, keep):
+    op = "segment_masked_batch"
+    _check_batch_operands(op, self, baseline)
+    _check_int64(op, segments, "segments")
+    _check_on_device(op, segments, "segments", self, "input")
+    torch._check(segments.dim() == self.dim() and segments.shape[1:] == self.shape[1:]
+                 and (segments.shape[0] == 1 or segments.shape[0] == self.shape[0]),
+                 lambda: f"fastattr.{op}: segments must have shape {[1, *_shape(self)[1:]]} or {_shape(self)} (one map shared "
+                         f"by all samples, or one per sample), got {_shape(segments)}")
+    torch._check(keep.dtype.is_floating_point, lambda: f"fastattr.{op}: keep must be a floating-point tensor, got {keep.dtype}")
+    _check_on_device(op, keep, "keep", self, "input")
+    torch._check(keep.dim() == 2 and keep.shape[0] >= 1 and keep.shape[1] >= 1,
+                 lambda: f"fastattr.{op}: keep must have shape (K, J) with K >= 1 masks and J >= 1 segments, got shape "
+                         f"{_shape(keep)}")
+    return _masked_batch_out(self, keep.shape[0])
+
+
+@torch.library.register_fake("fastattr::window_masked_batch")
+def _window_masked_batch_fake(self, baseline, window, strides, start, count):
+    op = "window_masked_batch"
+    _check_batch_operands(op, self, baseline)
+    dims = self.dim() - 1
+    torch._check(1 <= dims <= 3, lambda: f"fastattr.{op}: input must have 1 to 3 dimensions per sample (a 2-D to 4-D tensor), "
+                                         f"got a {self.dim()}-D tensor")
+    torch._check(len(window) == dims and len(strides) == dims,
+                 lambda: f"fastattr.{op}: window and strides must have one entry per sample dimension ({dims}), got window "
+                         f"{list(window)} and strides {list(strides)}")
+    sample = _shape(self)[1:]
+    torch._check(all(1 <= w <= f for w, f in zip(window, sample)),
+                 lambda: f"fastattr.{op}: window must lie in [1, size] per dimension for samples of shape {sample}, got "
+                         f"{list(window)}")
+    torch._check(all(s >= 1 for s in strides), lambda: f"fastattr.{op}: strides must be positive, got {list(strides)}")
+    total = 1
+    for w, s, f in zip(window, strides, sample):
+        total = total * ((f - w + s - 1) // s + 1)  # ceil((F - w) / s) + 1
+    torch._check(start >= 0 and count >= 1 and start + count <= total,
+                 lambda: f"fastattr.{op}: start and count must select windows in [0, {total}) (start >= 0, count >= 1, "
+                         f"start + count <= {total}), got start={start} count={count}")
+    return _masked_batch_out(self, count)

@@ -4,13 +4,16 @@ Importing this module loads ``fastattr._C`` (which registers the schemas and the
 CPU/CUDA kernels), then the fake kernels and autograd formulas. Each wrapper is a
 thin call of ``torch.ops.fastattr.<op>.default``; argument checks happen in the
 kernels (and in the fake kernels under tracing), so the messages are the same
-everywhere. The IG wrappers also take node/weight tables as Python floats, and
-``guided_max_pool2d_backward`` checks its indices: data-dependent checks stay at
+everywhere. The IG wrappers also take node/weight tables as Python floats,
+``guided_max_pool2d_backward`` checks its indices, and the perturbation-mask
+wrappers check grid indices, crop shifts and segment ids (``check=False``
+skips that for callers that validated them once): data-dependent checks stay at
 this edge, out of the ops that autograd and the benchmarks call.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -159,3 +162,164 @@ def ig_accumulate_(total: Tensor, grads: Tensor, weights: Tensor | Sequence[floa
     ``weights``: a floating tensor on total's device, ``(K,)`` or ``(K, B)``, or a sequence
     of floats."""
     torch.ops.fastattr.ig_accumulate_.default(total, grads, _step_table(weights, total))
+
+
+# --- perturbation masks ------------------------------------------------------------
+# The registered ops never read out of range: a grid index outside [0, G), a crop
+# outside the up-sampled map or a segment id outside [0, J) makes the mask NaN
+# there. The wrappers check those values for direct callers (one host sync per
+# call, after the op is launched; skipped under torch.compile): pass
+# ``check=False`` where the values were validated once already, e.g. in every
+# tile of a chunked method.
+
+def _int_pair(value, name: str) -> list[int]:
+    if isinstance(value, int):
+        return [value, value]
+    value = [int(v) for v in value]
+    if len(value) != 2:
+        raise ValueError(f"fastattr: {name} must be an int or a pair of ints, got {value}")
+    return value
+
+
+def _index_tensor(values, like: Tensor, name: str) -> Tensor:
+    """int64 tensor on like's device: integer tensors are widened to int64,
+    sequences converted; anything else goes to the op, which names it."""
+    if isinstance(values, Tensor):
+        is_int = not values.dtype.is_floating_point and not values.dtype.is_complex and values.dtype != torch.bool
+        return values.long() if is_int and values.dtype != torch.int64 else values
+    return torch.as_tensor(values, dtype=torch.int64, device=like.device)
+
+
+def _as_baseline(baseline, input: Tensor) -> Tensor:
+    """A tensor shaped like input: a number fills it, a broadcastable tensor is
+    expanded (the kernels read it once per sample)."""
+    if not isinstance(baseline, Tensor):
+        return torch.full_like(input, float(baseline))
+    return baseline if baseline.shape == input.shape else baseline.expand_as(input)
+
+
+def _checking(check: bool) -> bool:
+    return check and not torch.compiler.is_compiling()
+
+
+def _range_text(t: Tensor) -> str:
+    return f"from {int(t.min())} to {int(t.max())}" if t.numel() else "none"
+
+
+def _check_rise_values(op: str, grids: Tensor, grid_index: Tensor, shifts: Tensor, size, up_size) -> None:
+    if grid_index.numel() == 0:
+        return
+    n_grids = grids.shape[0]
+    limit = torch.tensor([up_size[0] - size[0], up_size[1] - size[1]], device=shifts.device)
+    bad_index = (grid_index < 0) | (grid_index >= n_grids)
+    bad_shift = (shifts < 0) | (shifts > limit)
+    if not bool(bad_index.any() | bad_shift.any()):  # the one host sync
+        return
+    if bool(bad_index.any()):
+        raise ValueError(f"fastattr.{op}: grid_index must lie in [0, G) = [0, {n_grids}), got values "
+                         f"{_range_text(grid_index)}")
+    raise ValueError(
+        f"fastattr.{op}: shifts must satisfy 0 <= shift and shift + size <= up_size, i.e. rows in [0, {int(limit[0])}] "
+        f"and columns in [0, {int(limit[1])}] for size {list(size)} and up_size {list(up_size)}; got rows "
+        f"{_range_text(shifts[:, 0])} and columns {_range_text(shifts[:, 1])}")
+
+
+def rise_masks(grids: Tensor, grid_index: Tensor | Sequence[int] | None, shifts: Tensor | Sequence[Sequence[int]],
+               size, up_size, mode: str = "mirror", *, check: bool = True) -> Tensor:
+    """RISE masks ``(N, H, W)`` in grids' dtype: mask k is grid ``grids[grid_index[k]]``
+    (``grids``: (G, gh, gw) floating) bilinearly up-sampled to ``up_size`` with the
+    half-pixel mapping, cropped at ``shifts[k] = (row, col)`` to ``size`` (only the
+    crop is computed). ``mode``: ``"mirror"`` (the original RISE, scikit-image
+    ``resize(order=1, mode='reflect', anti_aliasing=False)``; needs gh, gw >= 2) or
+    ``"clamp"`` (``F.interpolate(mode="bilinear", align_corners=False)``, MFPP).
+    ``grid_index``: int tensor (N,) or sequence; ``None`` is ``arange(G)``.
+    ``shifts``: int tensor (N, 2) or sequence of pairs, ``0 <= shift`` and
+    ``shift + size <= up_size`` (checked unless ``check=False``). ``size`` /
+    ``up_size``: an int or an (H, W) pair. Differentiable w.r.t. grids."""
+    size, up_size = _int_pair(size, "size"), _int_pair(up_size, "up_size")
+    grid_index = torch.arange(grids.shape[0], device=grids.device) if grid_index is None else grid_index
+    grid_index, shifts = _index_tensor(grid_index, grids, "grid_index"), _index_tensor(shifts, grids, "shifts")
+    out = torch.ops.fastattr.rise_masks.default(grids, grid_index, shifts, size, up_size, mode)
+    if _checking(check):
+        _check_rise_values("rise_masks", grids, grid_index, shifts, size, up_size)
+    return out
+
+
+def rise_masked_batch(input: Tensor, baseline: Tensor | float, grids: Tensor,
+                      grid_index: Tensor | Sequence[int] | None, shifts: Tensor | Sequence[Sequence[int]],
+                      up_size, mode: str = "mirror", *, check: bool = True) -> Tensor:
+    """Step-major RISE batch ``(K * S, C, H, W)`` for ``input`` (S, C, H, W):
+    ``out[k*S + s] = baseline[s] + M_k * (input[s] - baseline[s])`` with ``M_k`` the
+    mask k of :func:`rise_masks` at ``size = (H, W)``, shared by every channel and
+    sample, computed in opmath precision (M = 1 gives the input and M = 0 the
+    baseline exactly). ``grids`` may have another floating dtype than input (e.g.
+    float32 grids for a float16 batch). ``baseline``: a tensor shaped like (or
+    broadcastable to) input, or a number. In input's suggested memory format.
+    Differentiable w.r.t. input, baseline and grids."""
+    up_size = _int_pair(up_size, "up_size")
+    grid_index = torch.arange(grids.shape[0], device=grids.device) if grid_index is None else grid_index
+    grid_index, shifts = _index_tensor(grid_index, input, "grid_index"), _index_tensor(shifts, input, "shifts")
+    out = torch.ops.fastattr.rise_masked_batch.default(input, _as_baseline(baseline, input), grids, grid_index, shifts,
+                                                       up_size, mode)
+    if _checking(check):
+        _check_rise_values("rise_masked_batch", grids, grid_index, shifts, list(input.shape[-2:]), up_size)
+    return out
+
+
+def segment_masked_batch(input: Tensor, baseline: Tensor | float, segments: Tensor, keep: Tensor | Sequence,
+                         *, check: bool = True) -> Tensor:
+    """Step-major batch ``(K * S, *F)`` for ``input`` (S, *F) of any per-sample shape
+    F: ``out[k*S + s][e] = baseline[s][e] + keep[k, segments[s or 0][e]] * (input - baseline)[s][e]``.
+    ``segments``: integer segment ids in [0, J), of shape (1 or S, *F) (one map shared
+    by all samples, or one per sample), or anything broadcastable to it, e.g.
+    (1, 1, H, W) for images, or F alone. ``keep``: (K, J) floating (one row per mask;
+    a sequence or a (J,) row is accepted). Feature ablation: ones with one zero per
+    row; LIME / KernelSHAP / MFPP fragments: random 0/1 rows. Ids are checked
+    unless ``check=False``. Differentiable w.r.t. input, baseline and keep."""
+    if not isinstance(keep, Tensor):
+        keep = torch.as_tensor(keep, dtype=torch.float64, device=input.device)
+    keep = keep[None] if keep.dim() == 1 else keep
+    segments = _index_tensor(segments, input, "segments")
+    if segments.dim() == input.dim() - 1:
+        segments = segments[None]
+    if segments.dim() == input.dim() and segments.shape[1:] != input.shape[1:]:
+        segments = segments.expand(segments.shape[0], *input.shape[1:])
+    out = torch.ops.fastattr.segment_masked_batch.default(input, _as_baseline(baseline, input), segments, keep)
+    if _checking(check) and segments.numel():
+        n = keep.shape[1]
+        if bool(((segments < 0) | (segments >= n)).any()):
+            raise ValueError(f"fastattr.segment_masked_batch: segments must hold ids in [0, J) = [0, {n}) "
+                             f"(J = keep.shape[1]), got ids {_range_text(segments)}")
+    return out
+
+
+def window_grid(sample_shape: Sequence[int], window, strides=1) -> list[int]:
+    """Number of occlusion windows along each dimension of a sample, as Captum
+    ``Occlusion`` places them: ``ceil((F_d - window_d) / strides_d) + 1``, at
+    multiples of the stride, the last one clipped at the edge."""
+    dims = len(sample_shape)
+    window = [window] * dims if isinstance(window, int) else list(window)
+    strides = [strides] * dims if isinstance(strides, int) else list(strides)
+    return [-(-(f - w) // s) + 1 for f, w, s in zip(sample_shape, window, strides)]
+
+
+def window_masked_batch(input: Tensor, baseline: Tensor | float, window, strides=1, start: int = 0,
+                        count: int | None = None) -> Tensor:
+    """Step-major batch ``(count * S, *F)`` of Captum ``Occlusion`` windows over the
+    per-sample shape F of ``input`` (S, *F), 1 to 3 dimensions: row block k is the
+    input with window ``start + k`` set to the baseline. Windows cover
+    ``[i_d * strides_d, min(i_d * strides_d + window_d, F_d))`` per dimension,
+    as Captum places them (:func:`window_grid`: the last one of a dimension may
+    be clipped at the edge), enumerated row-major over that grid (last
+    dimension fastest; Captum itself numbers them first dimension fastest,
+    which changes no attribution). ``window`` / ``strides``: one int per sample dimension (an int is
+    used for every dimension). ``count``: default, every window from ``start`` on.
+    Differentiable w.r.t. input and baseline."""
+    dims = input.dim() - 1
+    window = [window] * dims if isinstance(window, int) else [int(w) for w in window]
+    strides = [strides] * dims if isinstance(strides, int) else [int(s) for s in strides]
+    if count is None:
+        total = math.prod(window_grid(list(input.shape[1:]), window, strides)) if len(window) == len(strides) == dims else 0
+        count = total - start
+    return torch.ops.fastattr.window_masked_batch.default(input, _as_baseline(baseline, input), window, strides,
+                                                          int(start), int(count))

@@ -7,6 +7,7 @@ from the specification only and never call ``torch.ops.fastattr``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -136,3 +137,103 @@ def ig_accumulate_(total: Tensor, grads: Tensor, weights) -> None:
     weights = _step_table(weights, total)
     steps = grads.reshape(weights.shape[0], *total.shape).to(total.dtype)
     total.add_((_per_row(weights, total.shape[0], total.dim()).to(total.dtype) * steps).sum(0))
+
+
+# --- perturbation masks (spec §3.1, §4.2; Captum Occlusion / FeatureAblation) ------
+
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _masked_batch(input: Tensor, baseline: Tensor, masks: Tensor) -> Tensor:
+    """``out[k*S + s] = baseline[s] + masks[k(, s)] * (input[s] - baseline[s])`` in
+    the opmath dtype of input, for masks broadcastable to (K, S, *input.shape[1:])."""
+    opmath = _opmath(input.dtype)
+    x, b = input.to(opmath), baseline.to(opmath)
+    return (b + masks.to(opmath) * (x - b)).flatten(0, 1).to(input.dtype)
+
+
+def _crop_taps(start: Tensor, length: int, cells: int, up: int, mode: str):
+    """Per mask n and crop position l along one axis: the two grid cells the
+    up-sampled coordinate start[n] + l reads (half-pixel mapping
+    src = (dst + 0.5) cells / up - 0.5), the weight of the second, and whether
+    the coordinate lies in the up-sampled map."""
+    dst = start[:, None] + torch.arange(length, device=start.device)
+    src = (dst.to(torch.float64) + 0.5) * cells / up - 0.5
+    if mode == "clamp":  # F.interpolate(bilinear, align_corners=False)
+        src = src.clamp_min(0)
+        lo = src.floor()
+        weight = src - lo
+        lo = lo.long().clamp_max(cells - 1)
+        hi = (lo + 1).clamp_max(cells - 1)
+    elif mode == "mirror":  # scipy 'mirror' / skimage 'reflect': -1 -> 1, n -> n - 2
+        lo = src.floor()
+        weight = src - lo
+        lo = lo.long()
+        hi = lo + 1
+        lo = torch.where(lo < 0, -lo, lo)
+        hi = torch.where(hi > cells - 1, 2 * (cells - 1) - hi, hi)
+    else:
+        raise ValueError(f"mode must be 'mirror' or 'clamp', got {mode!r}")
+    inside = (dst >= 0) & (dst < up)
+    return lo.clamp(0, cells - 1), hi.clamp(0, cells - 1), weight, inside
+
+
+def rise_masks(grids: Tensor, grid_index: Tensor, shifts: Tensor, size: Sequence[int], up_size: Sequence[int],
+               mode: str) -> Tensor:
+    """RISE masks (spec §3.1): grid ``grid_index[k]`` bilinearly up-sampled to
+    up_size, cropped at ``shifts[k]`` to size; NaN where the index or the crop is
+    out of range. Computed in the opmath dtype of grids."""
+    n_grids = grids.shape[0]
+    (h, w), (up_h, up_w) = size, up_size
+    opmath = _opmath(grids.dtype)
+    r0, r1, tr, r_in = _crop_taps(shifts[:, 0], h, grids.shape[1], up_h, mode)
+    c0, c1, tc, c_in = _crop_taps(shifts[:, 1], w, grids.shape[2], up_w, mode)
+    g = grids.to(opmath)[grid_index.clamp(0, n_grids - 1)]  # (N, gh, gw)
+    n = torch.arange(grid_index.shape[0], device=grids.device)[:, None, None]
+
+    def cells(r, c):  # (N, H, W)
+        return g[n, r[:, :, None], c[:, None, :]]
+
+    tr, tc = tr.to(opmath)[:, :, None], tc.to(opmath)[:, None, :]
+    top = cells(r0, c0) * (1 - tc) + cells(r0, c1) * tc
+    bottom = cells(r1, c0) * (1 - tc) + cells(r1, c1) * tc
+    masks = top * (1 - tr) + bottom * tr
+    valid = ((grid_index >= 0) & (grid_index < n_grids))[:, None, None] & r_in[:, :, None] & c_in[:, None, :]
+    return torch.where(valid, masks, float("nan")).to(grids.dtype)
+
+
+def rise_masked_batch(input: Tensor, baseline: Tensor, grids: Tensor, grid_index: Tensor, shifts: Tensor,
+                      up_size: Sequence[int], mode: str) -> Tensor:
+    """Step-major RISE batch: ``baseline + M_k (input - baseline)`` with the masks of
+    rise_masks at input's (H, W), shared by every channel."""
+    masks = rise_masks(grids.to(_opmath(input.dtype)), grid_index, shifts, input.shape[-2:], up_size, mode)
+    return _masked_batch(input, baseline, masks[:, None, None])
+
+
+def segment_masked_batch(input: Tensor, baseline: Tensor, segments: Tensor, keep: Tensor) -> Tensor:
+    """Step-major batch with ``M_k(s, e) = keep[k, segments[s or 0, e]]`` (NaN for
+    an id outside [0, keep.shape[1]))."""
+    n_segments = keep.shape[1]
+    masks = keep.to(_opmath(input.dtype))[:, segments.clamp(0, n_segments - 1)]  # (K, 1 or S, *F)
+    masks = torch.where((segments >= 0) & (segments < n_segments), masks, float("nan"))
+    return _masked_batch(input, baseline, masks)
+
+
+def window_masked_batch(input: Tensor, baseline: Tensor, window: Sequence[int], strides: Sequence[int], start: int,
+                        count: int) -> Tensor:
+    """Step-major batch of Captum Occlusion windows: row block k is the input with
+    window ``start + k`` set to the baseline. Captum places ``ceil((F_d - window_d)
+    / strides_d) + 1`` windows along each dimension at multiples of the stride,
+    the last one clipped at the edge; they are enumerated row-major."""
+    sample = list(input.shape[1:])
+    masks = torch.ones((count, *sample), dtype=torch.float64, device=input.device)
+    positions = [math.ceil((f - w) / s) + 1 for f, w, s in zip(sample, window, strides)]
+    for k in range(count):
+        j, corner = start + k, []
+        for n in reversed(positions):
+            corner.insert(0, j % n)
+            j //= n
+        region = tuple(slice(i * s, i * s + w) for i, s, w in zip(corner, strides, window))
+        masks[(k, *region)] = 0
+    return _masked_batch(input, baseline, masks[:, None])
