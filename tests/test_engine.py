@@ -112,12 +112,17 @@ class HostSyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("method", ["integrated_gradients", "gnl_integrated_gradients", "saliency", "smooth_grad"])
+@pytest.mark.parametrize("method", ["integrated_gradients", "gnl_integrated_gradients", "saliency", "smooth_grad",
+                                    "rise", "occlusion", "feature_ablation"])
 @pytest.mark.parametrize("target", [[1, 2, 3, 0], None, "region"])
 def test_no_host_sync_per_tile(net, method, target):
     """The number of host syncs of a call does not grow with its number of tiles."""
     fn = fastattr.METHODS[method]
-    kw = {"n_steps": 16} if "integrated" in method else {"n_samples": 16, "stdevs": 0.1} if method == "smooth_grad" else {}
+    kw = {"integrated_gradients": {"n_steps": 16}, "gnl_integrated_gradients": {"n_steps": 16},
+          "smooth_grad": {"n_samples": 16, "stdevs": 0.1}, "rise": {"n_masks": 16, "grid_size": 3},
+          "occlusion": {"sliding_window_shapes": (3, 4, 4), "strides": (3, 2, 2)},
+          "feature_ablation": {"feature_mask": torch.arange(16).view(1, 1, 4, 4).repeat_interleave(2, 2)
+                               .repeat_interleave(2, 3)}}.get(method, {})
     x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
     if target == "region":
         net_seg = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 1, 1))

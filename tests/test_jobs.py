@@ -336,3 +336,11 @@ def test_visualize_maps():
     assert g.width > 16 and g.height > 16
     with pytest.raises(ValueError, match="attribution"):
         visualize.overlay(img, torch.zeros(3, 4, 4))
+    # A saliency map with a large offset (RISE: the mean score) is shown from its minimum.
+    sal = torch.full((1, 8, 8), 0.6)
+    sal[0, 2, 3] = 0.7
+    rel = visualize.attribution_map(sal, percentile=100, relative=True)
+    assert float(rel[2, 3]) == 1.0 and float(rel[0, 0]) == 0.0
+    assert float(visualize.attribution_map(sal, percentile=100)[0, 0]) > 0.8  # from zero: washed out
+    auto = np.asarray(visualize.overlay(img, sal, alpha=0.7, dim=1.0))
+    assert (auto[0, 0] == 128).all() and not (auto[2, 3] == 128).all()

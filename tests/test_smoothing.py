@@ -75,7 +75,9 @@ def test_sigma_zero_is_plain_gradient(kind):
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14)
 
 
-BASES = sorted(set(METHODS) - {"smooth_grad", "smooth_taylor"})
+BASES = sorted(set(METHODS) - {"smooth_grad", "smooth_taylor", "rise", "mfpp"})
+BASE_OPTIONS = {"integrated_gradients": {"n_steps": 8}, "gnl_integrated_gradients": {"n_steps": 8},
+                "occlusion": {"sliding_window_shapes": (2, 3, 3), "strides": (2, 3, 3)}}
 
 
 def test_registry_holds_the_smoothing_methods():
@@ -87,9 +89,16 @@ def test_registry_holds_the_smoothing_methods():
 @pytest.mark.parametrize("name", BASES)
 def test_sigma_zero_every_registry_base(name):
     model, x = cnn(), torch.randn(2, 2, 6, 6, dtype=F64)
-    kwargs = {"n_steps": 8} if "integrated" in name else {}
+    kwargs = BASE_OPTIONS.get(name, {})
     out = smooth_grad(model, x, [1, 2], base=name, n_samples=3, stdevs=0.0, **kwargs)
     torch.testing.assert_close(out, METHODS[name](model, x, [1, 2], **kwargs), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["rise", "mfpp", "smooth_taylor"])
+def test_mask_sampling_methods_are_not_bases(name):
+    """RISE and MFPP sample their own masks and return one map per image."""
+    with pytest.raises(ValueError, match=f"unknown base '{name}'"):
+        smooth_grad(cnn(), torch.randn(2, 2, 6, 6, dtype=F64), 0, base=name)
 
 
 def test_linear_model_gives_weights_exactly():
@@ -226,7 +235,7 @@ def test_ig_base_per_row_baselines_and_deltas():
     "kwargs, match",
     [
         (dict(kind="smoothgrad_abs"), "kind"),
-        (dict(base="occlusion"), "base"),
+        (dict(base="rise"), "base"),
         (dict(base="smooth_grad"), "base"),
         (dict(base=3), "base"),
         (dict(stdevs=-0.1), "stdevs"),

@@ -66,7 +66,28 @@ CALLS = {
                                                                   batch_size=bs),
     "smooth_taylor": lambda m, x, t, bs, e: fastattr.smooth_taylor(m, x, t, n_roots=N_NOISE, noise_scale=0.1,
                                                                    noise=e, batch_size=bs),
+    # RISE draws one set of masks for all images (same seed: same masks)
+    "rise": lambda m, x, t, bs, e: fastattr.rise(m, x, t, n_masks=24, grid_size=4, batch_size=bs,
+                                                 generator=torch.Generator().manual_seed(54)),
+    "mfpp": lambda m, x, t, bs, e: mfpp_fixed_draws(m, x, t, bs),
+    "occlusion": lambda m, x, t, bs, e: fastattr.occlusion(m, x, t, sliding_window_shapes=(3, 6, 6), strides=(1, 4, 4),
+                                                           batch_size=bs),
+    "feature_ablation": lambda m, x, t, bs, e: fastattr.feature_ablation(
+        m, x, t, feature_mask=(torch.arange(H)[:, None] // 4 * 4 + torch.arange(H)[None] // 4)[None, None],
+        batch_size=bs),
 }
+
+
+def mfpp_fixed_draws(model, x, target, batch_size):
+    """MFPP with the same pyramid and draws for every image, so that a batch and
+    each image alone see the same masks."""
+    pyramid = [torch.arange(H)[:, None] // 8 * 2 + torch.arange(H)[None] // 8, torch.arange(H * H).view(H, H) // 32]
+    g = torch.Generator().manual_seed(55)
+    draws = [torch.rand(4, generator=g) < 0.5] * 2 + [torch.rand(8, generator=g) < 0.5] * 2
+    crops = torch.randint(0, H // 2 + 1, (16, 2), generator=g)
+    n = x.shape[0]
+    return fastattr.mfpp(model, x, target, n_masks=16, n_levels=2, masks_per_draw=4, resize_offset=0.5,
+                         segments=[pyramid] * n, draws=[draws] * n, crops=crops, batch_size=batch_size)
 
 
 def test_every_method_is_in_the_table():

@@ -25,13 +25,16 @@ from torch import Tensor
 __all__ = ["attribution_map", "colorize", "to_pil", "overlay", "save_heatmap", "grid"]
 
 
-def attribution_map(attribution: Tensor, percentile: float = 99.0, signed: bool = False) -> Tensor:
+def attribution_map(attribution: Tensor, percentile: float = 99.0, signed: bool = False,
+                    relative: bool = False) -> Tensor:
     """A (H, W) float32 map in [0, 1] (or [-1, 1] when ``signed``) from a (C, H, W) or (H, W) attribution.
 
     Channels are summed first; the absolute value is taken after the sum
     (``signed=True`` keeps the sign). The result is scaled by the
     ``percentile``-th percentile of its absolute values; an all-zero
-    attribution gives an all-zero map.
+    attribution gives an all-zero map. ``relative=True`` (saliency maps such
+    as RISE's, whose values share a large offset: the mean score) measures
+    each value from the map's minimum instead of from zero.
     """
     a = torch.as_tensor(attribution).detach().to("cpu", torch.float32)
     if a.dim() == 3:
@@ -41,6 +44,8 @@ def attribution_map(attribution: Tensor, percentile: float = 99.0, signed: bool 
     if not 0 < percentile <= 100:
         raise ValueError(f"fastattr.visualize: percentile must be in (0, 100], got {percentile}")
     a = torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    if relative and a.numel():
+        a = a - a.min()
     mag = a.abs()
     scale = float(torch.quantile(mag.flatten(), percentile / 100.0)) if mag.numel() else 0.0
     if scale <= 0:
@@ -89,8 +94,13 @@ def to_pil(image: Tensor | np.ndarray, scale: int = 1) -> Image.Image:
 
 
 def overlay(image: Tensor, attribution: Tensor, alpha: float = 0.8, cmap: str = "inferno",
-            percentile: float = 99.0, scale: int = 1, desaturate: float = 0.7, dim: float = 0.75) -> Image.Image:
+            percentile: float = 99.0, scale: int = 1, desaturate: float = 0.7, dim: float = 0.75,
+            relative: bool | None = None) -> Image.Image:
     """The coloured map of ``attribution`` blended over ``image`` (both (C, H, W)); an RGB PIL image.
+
+    ``relative`` (see :func:`attribution_map`) defaults to True for a
+    one-channel map over a multi-channel image: one saliency map per image
+    (RISE, MFPP) rather than per-channel attributions.
 
     The image is first partly desaturated and dimmed (``desaturate``, ``dim``) so
     that the colours of the map stand out; each pixel is then
@@ -98,7 +108,10 @@ def overlay(image: Tensor, attribution: Tensor, alpha: float = 0.8, cmap: str = 
     ``scale`` enlarges the result (nearest neighbour) for small inputs.
     """
     base = np.asarray(to_pil(image), dtype=np.float32)
-    heat = attribution_map(attribution, percentile)
+    if relative is None:
+        a, im = torch.as_tensor(attribution), torch.as_tensor(image)
+        relative = a.dim() == 3 and a.shape[0] == 1 and im.dim() == 3 and im.shape[0] > 1
+    heat = attribution_map(attribution, percentile, relative=relative)
     if tuple(heat.shape) != base.shape[:2]:
         raise ValueError(
             f"fastattr.visualize: attribution is {tuple(heat.shape)} but the image is {base.shape[:2]}"

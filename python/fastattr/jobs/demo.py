@@ -32,6 +32,8 @@ DEMO_METHODS = (
     ("guided_backprop", {}),
     ("saliency", {}),
     ("smooth_grad", {"n_samples": 16, "stdevs": 0.15}),
+    ("rise", {"n_masks": 1000, "grid_size": 7}),
+    ("occlusion", {"sliding_window_shapes": [3, 8, 8], "strides": [3, 4, 4]}),
 )
 DEMO_SETS = (("shapes", "shapes-vgg"), ("lesions", "lesions-unet"))
 
@@ -66,8 +68,8 @@ def _demo(out, n_shapes, n_lesions, device, quiet, n_steps, n_samples, file) -> 
     missing = [m for m, _ in DEMO_METHODS if m not in METHODS]
     if n_steps:
         methods = [(m, {**o, "n_steps": n_steps} if "n_steps" in o else o) for m, o in methods]
-    if n_samples:
-        methods = [(m, {**o, "n_samples": n_samples} if "n_samples" in o else o) for m, o in methods]
+    if n_samples:  # hidden test knob: every sample count (noise samples, RISE masks)
+        methods = [(m, {**o, **{k: n_samples for k in ("n_samples", "n_masks") if k in o}}) for m, o in methods]
     counts = {"shapes": n_shapes, "lesions": n_lesions}
     summary = {"output": str(out.resolve()), "device": device, "threads": torch.get_num_threads(), "rows": [],
                "grids": [], "not_available": missing,

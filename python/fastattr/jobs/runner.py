@@ -353,7 +353,7 @@ def _run_shard(cfg, k, indices, n_batches, batches, model, fn, call_options, gen
             if isinstance(a, tuple):
                 raise JobError(f"method {cfg.method!r} returned a tuple; options such as return_delta are not "
                                "supported by jobs, which store attributions only")
-            if not isinstance(a, torch.Tensor) or a.shape != x.shape:
+            if not isinstance(a, torch.Tensor) or (a.shape != x.shape and a.shape != (x.shape[0], 1, *x.shape[2:])):
                 raise JobError(f"method {cfg.method!r} returned {getattr(a, 'shape', type(a).__name__)} "
                                f"for inputs of shape {tuple(x.shape)}")
             attrs.append(a.detach().to("cpu"))

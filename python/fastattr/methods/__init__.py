@@ -1,9 +1,11 @@
 """Attribution methods. ``METHODS`` maps each method's name to its function
 (used by the command line); every function takes ``(model, inputs, target=None, ...)``
-and returns attributions shaped like ``inputs``."""
+and returns attributions shaped like ``inputs``, or one map per image,
+(B, 1, H, W), for the mask-sampling methods RISE and MFPP."""
 
 from .gradients import deconvnet, guided_backprop, input_x_gradient, saliency
 from .integrated_gradients import gnl_heatmap, gnl_integrated_gradients, integrated_gradients
+from .perturbation import feature_ablation, mfpp, occlusion, rise
 from .quadrature import nodes_and_weights
 from .smoothing import smooth_grad, smooth_taylor
 
@@ -16,6 +18,10 @@ METHODS = {
     "gnl_integrated_gradients": gnl_integrated_gradients,
     "smooth_grad": smooth_grad,
     "smooth_taylor": smooth_taylor,
+    "occlusion": occlusion,
+    "feature_ablation": feature_ablation,
+    "rise": rise,
+    "mfpp": mfpp,
 }
 
 # Methods whose gradients follow fastattr.guided's rules: they cannot run on

@@ -38,8 +38,9 @@ from .gradients import input_gradients
 KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 # Registry entries that cannot serve as the base of a noise tunnel: they are
-# stochastic themselves and have their own sample count.
-_NOT_A_BASE = ("smooth_grad", "smooth_taylor")
+# stochastic themselves and have their own sample count (RISE and MFPP also
+# return one map per image, not attributions shaped like the inputs).
+_NOT_A_BASE = ("smooth_grad", "smooth_taylor", "rise", "mfpp")
 
 
 # --------------------------------------------------------------------------- checks
