@@ -1,7 +1,7 @@
 """Perturbation methods end to end: RISE against a mask-materialising RISE and
 the model-forward limit; occlusion and feature ablation against Captum.
 
-    python benchmarks/perturbation.py --out table.md [--rounds 5] [--quick]
+    python benchmarks/perturbation.py --out table.md [--rounds 5] [--quick] [--only rise|ablation|memory]
     python benchmarks/perturbation.py --peak-memory rise resnet18-224 4000 fastattr   # one case, fresh process
 
 RISE (grid 7, p = 0.5, "torch" up-sampling in both implementations so that
@@ -14,9 +14,12 @@ with B = 1, and the bundled shapes-vgg at 64x64 with B = 16, at N = 1000 and
   (N, C, H, W), forward in batches of the same size, ``Pᵀ M / (N p)``.
 - "model limit": the N x B bare forward passes (no grad, softmax included) at
   the fastest of a few batch sizes: what any implementation must spend.
-Peak memory is the growth of VmHWM (CPU) or of ``max_memory_allocated`` (CUDA)
-in a fresh process per case; "one forward batch" is that of one bare forward
-pass of fastattr's default batch size.
+Peak memory is measured in a fresh process per case, on a second call after a
+warm-up call: the growth of VmHWM over the resident size between the calls
+(VmHWM reset through ``/proc/self/clear_refs``, glibc's mmap threshold fixed
+at 128 KiB so that freed tensors leave RSS) on the CPU, of
+``max_memory_allocated`` on CUDA. "one forward batch" is that of one bare
+forward pass of fastattr's default batch size.
 
 Occlusion and feature ablation (shapes-vgg at 64x64, B = 4; resnet18 at
 224x224, B = 1) against Captum at its default (``perturbations_per_eval=1``)
@@ -142,7 +145,11 @@ def ablation_runner(method: str, case: str, impl: str, device):
 
 def peak_memory_mb(kind: str, case: str, arg: str, impl: str, device: str) -> float:
     cmd = [sys.executable, __file__, "--peak-memory", kind, case, arg, impl, "--device", device]
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'python'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    # glibc keeps freed blocks below its (adaptive) mmap threshold for reuse, so
+    # RSS would follow the allocator's history rather than live tensors: a fixed
+    # 128 KiB threshold returns every tensor-sized block to the OS on free.
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'python'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         print(proc.stderr[-2000:], file=sys.stderr)
@@ -159,6 +166,13 @@ def _measure_peak_here(kind, case, arg, impl, device) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
+    # A warm-up call first, then the peak of a second call over the memory
+    # held after the first: one-time costs (thread pools, lazy library
+    # initialisation) are not the method's. Writing 5 to clear_refs resets
+    # VmHWM to the current RSS (Linux >= 4.0).
+    fn()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     base_kb = e2e._proc_status_kb("VmRSS")
     fn()
     return (e2e._proc_status_kb("VmHWM") - base_kb) / 1024
@@ -166,6 +180,24 @@ def _measure_peak_here(kind, case, arg, impl, device) -> float:
 
 def _med(v):
     return statistics.median(v) if v else float("nan")
+
+
+def memory_table(device, ns) -> list[str]:
+    """Peak memory only (no timing): fastattr, the materialising RISE and one
+    bare forward batch of fastattr's default size, per case and N."""
+    import fastattr
+
+    lines = ["| case | N | fastattr (MiB) | materialising (MiB) | one forward batch (MiB) | fastattr / one batch |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for case, (batch, size) in RISE_CASES.items():
+        rows = fastattr.engine.default_batch_size(_inputs(case, batch, size, device))
+        one = peak_memory_mb("rise", case, str(max(1, rows // batch)), f"limit@{rows}", device)
+        for n in ns:
+            ours = peak_memory_mb("rise", case, str(n), "fastattr", device)
+            mat = peak_memory_mb("rise", case, str(n), "materialising", device)
+            lines.append(f"| {case} (B={batch}, {rows} rows/pass) | {n} | {ours:.0f} | {mat:.0f} | {one:.0f} | "
+                         f"{ours / one:.2f} |")
+    return lines
 
 
 def rise_table(device, rounds, ns) -> list[str]:
@@ -178,7 +210,7 @@ def rise_table(device, rounds, ns) -> list[str]:
         # one bare forward pass of `rows` rows (N = rows / B masks)
         one_batch = peak_memory_mb("rise", case, str(max(1, rows // batch)), f"limit@{rows}", device)
         for n in ns:
-            sizes = sorted({rows, 2 * rows, 64, 250} & set(range(1, n * batch + 1)) | {min(rows, n * batch)})
+            sizes = sorted({min(r, n * batch) for r in (rows, 2 * rows, 4 * rows)})
             runners = {"fastattr": lambda c=case, n=n: rise_runner(c, n, "fastattr", device),
                        "materialising": lambda c=case, n=n: rise_runner(c, n, "materialising", device)}
             for s in sizes:
@@ -218,7 +250,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="N = 100 and 400, 2 rounds (a dry run)")
-    p.add_argument("--only", choices=["rise", "ablation"])
+    p.add_argument("--only", choices=["rise", "ablation", "memory"])
     p.add_argument("--out", type=Path)
     p.add_argument("--peak-memory", nargs=4, metavar=("KIND", "CASE", "ARG", "IMPL"))
     args = p.parse_args(argv)
@@ -228,6 +260,8 @@ def main(argv=None):
     rounds = 2 if args.quick else args.rounds
     ns = (100, 400) if args.quick else (1000, 4000)
     lines = []
+    if args.only == "memory":
+        lines += memory_table(args.device, ns)
     if args.only in (None, "rise"):
         lines += rise_table(args.device, rounds, ns) + [""]
     if args.only in (None, "ablation"):

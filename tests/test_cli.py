@@ -189,7 +189,8 @@ def test_demo_runs(tmp_path, capsys):
     assert str(out.resolve()) in printed and "deletion AUC" in printed
     summary = json.loads((out / "summary.json").read_text())
     methods = {r["method"] for r in summary["rows"]}
-    assert {"integrated_gradients", "gnl_integrated_gradients", "guided_backprop", "saliency", "smooth_grad"} <= methods
+    assert {"integrated_gradients", "gnl_integrated_gradients", "guided_backprop", "saliency", "smooth_grad", "rise",
+            "occlusion"} <= methods
     assert all("auc" not in k.lower() for r in summary["rows"] for k in r)
     for g in summary["grids"]:
         with Image.open(g) as im:
