@@ -374,3 +374,76 @@ def test_errors(error):
     same words by the kernel and the fake kernel."""
     call, match = POOL_ERRORS[error]
     assert_same_error(call, match)
+
+
+def _backward_cpu_and_cuda(g, idx, size, kw, mode):
+    back = torch.ops.fastattr._guided_max_pool2d_backward.default
+    args = (list(size), *(_pair(v) for v in _geometry(kw).values()), mode)
+    return back(g.cpu(), idx.cpu(), *args), back(g, idx, *args)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", ["3x3s2p1-resnet", "3x3s1p1-ceil-inception", "dilation2-s2-ceil", "2x2"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("index64", [False, True], ids=["index32", "index64"])
+def test_cuda_backward_is_bit_identical_to_cpu(dtype, config, layout, index64, monkeypatch):
+    """The CUDA gather adds each input element's gradients in (oh, ow) order,
+    as the CPU kernels scatter them, so the two devices give the same bits,
+    also where windows overlap (several addends) and in half precision. Planes
+    of several thread blocks (41x37 inputs), in the 32-bit index kernels and
+    the 64-bit ones (FASTATTR_CUDA_INDEX64=1, otherwise only taken by planes
+    of 2^30 elements)."""
+    if index64:
+        monkeypatch.setenv("FASTATTR_CUDA_INDEX64", "1")
+    _, kw = pool_args(config)
+    x = make_input((41, 37), dtype, "cuda", "ties", layout=layout, batch=(2, 5))
+    _, idx = ops.guided_max_pool2d(x, **kw)
+    g = mixed_grad(idx.shape, dtype, "cuda", layout)
+    for mode in MODES:
+        on_cpu, on_cuda = _backward_cpu_and_cuda(g, idx, x.shape, kw, mode)
+        assert on_cuda.stride() == on_cpu.stride()
+        assert torch.equal(on_cuda.cpu(), on_cpu)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("index64", [False, True], ids=["index32", "index64"])
+def test_cuda_backward_indices_outside_their_windows(layout, index64, monkeypatch):
+    """Indices no forward pass makes (an argmax outside its window, several
+    outputs on one input) in one plane of many: the CUDA gather cannot find
+    them, flags the plane, and a second pass recomputes it in (oh, ow) order,
+    so the result is still the CPU kernels' bits; planes of several thread
+    blocks, where the flag is set by one block and not by the others."""
+    if index64:
+        monkeypatch.setenv("FASTATTR_CUDA_INDEX64", "1")
+    kw = dict(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False)
+    x = make_input((40, 36), torch.float32, "cuda", "ties", layout=layout, batch=(3, 6))
+    _, idx = ops.guided_max_pool2d(x, **kw)
+    idx = idx.clone()
+    plane = idx[1, 4]
+    plane[5, 7] = 0  # far outside its window
+    plane[0, 0] = 40 * 36 - 1
+    plane[9, 2:6] = 500  # four outputs routed to one input
+    g = mixed_grad(idx.shape, torch.float32, "cuda", layout)
+    for mode in MODES:
+        on_cpu, on_cuda = _backward_cpu_and_cuda(g, idx, x.shape, kw, mode)
+        assert torch.equal(on_cuda.cpu(), on_cpu)
+        expected = reference.guided_max_pool2d_backward(g.double(), idx, x.shape, 3, 2, 1, 1, mode)
+        torch.testing.assert_close(on_cuda, expected.float(), **TOLERANCES[torch.float32])
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_backward_many_planes(layout):
+    """More (n, c) planes than a grid's y dimension holds (65535): the NCHW
+    kernel walks the rest in a grid-stride loop; channels_last images too.
+    2x2 windows: one addend per element, so exact against the reference."""
+    x = make_input((6, 6), torch.float32, "cuda", batch=(2, 33000), layout=layout)
+    for mode in MODES:
+        xr = x.clone().requires_grad_()
+        out, idx = ops.guided_max_pool2d(xr, 2, 2, mode=mode)
+        g = mixed_grad(out.shape, torch.float32, "cuda", layout)
+        (grad,) = torch.autograd.grad(out, xr, g)
+        expected = reference.guided_max_pool2d_backward(g, idx, x.shape, 2, 2, 0, 1, mode)
+        assert torch.equal(grad, expected)

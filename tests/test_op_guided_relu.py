@@ -316,3 +316,45 @@ def test_errors(error):
     same words by the kernel and the fake kernel."""
     call, match = ERRORS[error]
     assert_same_error(call, match)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("numel", [1, 7, 8, 9, 33, 4099])
+def test_storage_offsets_and_vector_tails(device, dtype, numel):
+    """The CUDA kernels move 16-byte vectors (2 to 8 elements) when every
+    operand is 16-byte aligned, finish the numel % width tail in scalars, and
+    take the scalar loop for a view at an element offset (also when only one
+    operand is misaligned). Every split gives the reference's values exactly:
+    both directions select values, they compute none."""
+    x_store = grid_input((numel + 8,), dtype, device)
+    g_store = grad_like(x_store)
+    for x_off in (0, 1, 3):
+        x = x_store[x_off:x_off + numel]
+        for upper in UPPERS:
+            out = ops.guided_relu(x, "guided", upper)
+            assert torch.equal(out, reference.guided_relu(x, "guided", upper))
+            for g_off in (0, 1, x_off):
+                g = g_store[g_off:g_off + numel]
+                for mode in MODES:
+                    grad = ops.guided_relu_backward(g, x, mode, upper)
+                    assert torch.equal(grad, reference.guided_relu_backward(g, x, mode, upper))
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_many_blocks(dtype):
+    """More elements than one pass of the CUDA grid covers (multiprocessors x
+    32 blocks x 256 threads x 8 per vector on an H100/H200), an odd count (a
+    scalar tail), NaN and the rule's edges; forward and both rules, exact."""
+    n = 12_000_003
+    x = (torch.randint(-16, 17, (n,), device="cuda") / 2).to(dtype)
+    x[::997] = float("nan")
+    g = torch.randn(n, device="cuda").to(dtype)
+    g[::13] = 0
+    for upper in UPPERS:
+        out = ops.guided_relu(x, "guided", upper)
+        torch.testing.assert_close(out, reference.guided_relu(x, "guided", upper), rtol=0, atol=0, equal_nan=True)
+        for mode in MODES:
+            grad = ops.guided_relu_backward(g, out, mode, upper)
+            assert torch.equal(grad, reference.guided_relu_backward(g, out, mode, upper))

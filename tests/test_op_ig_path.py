@@ -88,6 +88,34 @@ def test_path_inputs_match_reference(device, dtype, shape, rule, per_sample):
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "offset"])
+@PER_SAMPLE
+def test_vector_rows_and_storage_offsets(device, dtype, offset, per_sample):
+    """Rows of 128 elements, a multiple of every vector width (the CUDA
+    kernels then move 16-byte vectors), and the same operands as views at an
+    element offset (the scalar loop): both give Captum's bits and the
+    reference's sums."""
+    shape, row, steps = (3, 2, 8, 8), 128, 7
+    n = shape[0] * row
+
+    def view(count, dtype, scale=1.0):
+        return make((count + 1,), dtype, device, scale)[offset:offset + count]
+
+    alphas = table(RULES["gausslegendre-7"], shape[0], per_sample, device)
+    x, b = view(n, dtype).view(shape), view(n, dtype, 0.5).view(shape)
+    out = torch.ops.fastattr.ig_path_inputs.default(x, b, alphas)
+    assert torch.equal(out, captum_path(x, b, alphas))
+    weights = table(gauss_legendre(steps)[1], shape[0], per_sample, device)
+    grads = view(steps * n, dtype).view(steps * shape[0], *shape[1:])
+    total = view(n, acc_dtype(dtype)).view(shape)
+    expected = total.double()
+    torch.ops.fastattr.ig_accumulate_.default(total, grads, weights)
+    reference.ig_accumulate_(expected, grads.double(), weights)
+    torch.testing.assert_close(total, expected.to(total.dtype), **TOLERANCES[acc_dtype(dtype)])
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, steps", [((2, 3, 4, 5), 1), ((2, 3, 4, 5), 7), ((2, 3, 4, 5), 70), ((3, 11003), 7)],
                          ids=["1-step", "7-steps", "70-steps", "7-steps-large"])
 @PER_SAMPLE

@@ -12,33 +12,95 @@
 namespace fastattr {
 namespace {
 
-template <typename scalar_t>
+// The forward's value in opmath: NaN propagates, then clamp to [0, hi].
+template <typename opmath_t>
+__device__ __forceinline__ opmath_t relu_clamp(opmath_t v, opmath_t hi) {
+  return v != v ? v : (v < 0 ? opmath_t(0) : (v > hi ? hi : v));
+}
+
+// The backward rule in opmath: deconvnet relu(g); guided g where g > 0 and
+// 0 < r < hi. A selection, no arithmetic: the result is g's bits or zero.
+template <typename opmath_t>
+__device__ __forceinline__ opmath_t relu_rule(opmath_t g, opmath_t r, bool deconvnet,
+                                              opmath_t hi) {
+  const bool keep = deconvnet ? g > 0 : (g > 0 && r > 0 && r < hi);
+  return keep ? g : opmath_t(0);
+}
+
+// kWidth > 1: each thread moves whole 16-byte vectors (one 128-bit load and
+// store per operand) through a grid-stride loop, for bandwidth (see
+// cuda_helpers.cuh); the first block's threads then finish the n % kWidth
+// tail elements in scalars. kWidth == 1: the plain scalar loop, for operands
+// that are not 16-byte aligned. Both compute every element the same way.
+template <typename scalar_t, int kWidth>
 __global__ void guided_relu_forward_cuda_impl(const scalar_t* __restrict__ x,
                                               scalar_t* __restrict__ out, int64_t n,
                                               at::opmath_type<scalar_t> hi) {
   using opmath_t = at::opmath_type<scalar_t>;
-  FASTATTR_KERNEL_LOOP(i, n) {
-    const opmath_t v = static_cast<opmath_t>(x[i]);
-    out[i] = static_cast<scalar_t>(v != v ? v : (v < 0 ? opmath_t(0) : (v > hi ? hi : v)));
+  using vec_t = Vector<scalar_t, kWidth>;
+  const vec_t* __restrict__ xv = reinterpret_cast<const vec_t*>(x);
+  vec_t* __restrict__ ov = reinterpret_cast<vec_t*>(out);
+  const int64_t n_vec = n / kWidth;
+  FASTATTR_KERNEL_LOOP(i, n_vec) {
+    const vec_t in = xv[i];
+    vec_t res;
+#pragma unroll
+    for (int k = 0; k < kWidth; ++k) {
+      res.v[k] = static_cast<scalar_t>(relu_clamp(static_cast<opmath_t>(in.v[k]), hi));
+    }
+    ov[i] = res;
+  }
+  if constexpr (kWidth > 1) {
+    const int64_t i = n_vec * kWidth + threadIdx.x;
+    if (blockIdx.x == 0 && i < n) {
+      out[i] = static_cast<scalar_t>(relu_clamp(static_cast<opmath_t>(x[i]), hi));
+    }
   }
 }
 
-template <typename scalar_t>
+// Same vector/tail split as the forward, over two operands (deconvnet does
+// not read `result`).
+template <typename scalar_t, int kWidth>
 __global__ void guided_relu_backward_cuda_impl(const scalar_t* __restrict__ grad_out,
                                                const scalar_t* __restrict__ result,
                                                scalar_t* __restrict__ grad_in, int64_t n,
                                                bool deconvnet, at::opmath_type<scalar_t> hi) {
   using opmath_t = at::opmath_type<scalar_t>;
+  using vec_t = Vector<scalar_t, kWidth>;
+  const vec_t* __restrict__ gv = reinterpret_cast<const vec_t*>(grad_out);
+  const vec_t* __restrict__ rv = reinterpret_cast<const vec_t*>(result);
+  vec_t* __restrict__ ov = reinterpret_cast<vec_t*>(grad_in);
+  const int64_t n_vec = n / kWidth;
   if (deconvnet) {
-    FASTATTR_KERNEL_LOOP(i, n) {
-      const opmath_t g = static_cast<opmath_t>(grad_out[i]);
-      grad_in[i] = static_cast<scalar_t>(g > 0 ? g : opmath_t(0));
+    FASTATTR_KERNEL_LOOP(i, n_vec) {
+      const vec_t g = gv[i];
+      vec_t res;
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k) {
+        const opmath_t gk = static_cast<opmath_t>(g.v[k]);
+        res.v[k] = static_cast<scalar_t>(relu_rule(gk, gk, true, hi));
+      }
+      ov[i] = res;
     }
   } else {
-    FASTATTR_KERNEL_LOOP(i, n) {
+    FASTATTR_KERNEL_LOOP(i, n_vec) {
+      const vec_t g = gv[i];
+      const vec_t r = rv[i];
+      vec_t res;
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k) {
+        res.v[k] = static_cast<scalar_t>(relu_rule(static_cast<opmath_t>(g.v[k]),
+                                                   static_cast<opmath_t>(r.v[k]), false, hi));
+      }
+      ov[i] = res;
+    }
+  }
+  if constexpr (kWidth > 1) {
+    const int64_t i = n_vec * kWidth + threadIdx.x;
+    if (blockIdx.x == 0 && i < n) {
       const opmath_t g = static_cast<opmath_t>(grad_out[i]);
-      const opmath_t r = static_cast<opmath_t>(result[i]);
-      grad_in[i] = static_cast<scalar_t>((g > 0 && r > 0 && r < hi) ? g : opmath_t(0));
+      const opmath_t r = deconvnet ? g : static_cast<opmath_t>(result[i]);
+      grad_in[i] = static_cast<scalar_t>(relu_rule(g, r, deconvnet, hi));
     }
   }
 }
@@ -57,10 +119,17 @@ at::Tensor guided_relu_forward_kernel(const at::Tensor& self, c10::string_view m
   if (n == 0) return out;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "guided_relu", [&] {
-    guided_relu_forward_cuda_impl<scalar_t><<<grid_for(n), kThreadsPerBlock, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n,
-        static_cast<at::opmath_type<scalar_t>>(hi));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const scalar_t* in_ptr = x.const_data_ptr<scalar_t>();
+    scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+    // 16-byte vectors when both pointers allow (out is fresh; x may be a view
+    // at an odd offset), for bandwidth; else the scalar loop.
+    with_vector_width<scalar_t>({in_ptr, out_ptr}, [&](auto width) {
+      constexpr int kWidth = decltype(width)::value;
+      guided_relu_forward_cuda_impl<scalar_t, kWidth>
+          <<<grid_for_vectors(n, kWidth), kThreadsPerBlock, 0, stream>>>(
+              in_ptr, out_ptr, n, static_cast<at::opmath_type<scalar_t>>(hi));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }
@@ -81,11 +150,19 @@ at::Tensor guided_relu_backward_kernel(const at::Tensor& grad_output, const at::
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
                                   "_guided_relu_backward", [&] {
-    guided_relu_backward_cuda_impl<scalar_t><<<grid_for(n), kThreadsPerBlock, 0, stream>>>(
-        g.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(),
-        grad_in.mutable_data_ptr<scalar_t>(), n, rule == ReluRule::Deconvnet,
-        static_cast<at::opmath_type<scalar_t>>(hi));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
+    const scalar_t* r_ptr = r.const_data_ptr<scalar_t>();
+    scalar_t* out_ptr = grad_in.mutable_data_ptr<scalar_t>();
+    // 16-byte vectors when all three pointers allow, for bandwidth (see the
+    // forward); else the scalar loop.
+    with_vector_width<scalar_t>({g_ptr, r_ptr, out_ptr}, [&](auto width) {
+      constexpr int kWidth = decltype(width)::value;
+      guided_relu_backward_cuda_impl<scalar_t, kWidth>
+          <<<grid_for_vectors(n, kWidth), kThreadsPerBlock, 0, stream>>>(
+              g_ptr, r_ptr, out_ptr, n, rule == ReluRule::Deconvnet,
+              static_cast<at::opmath_type<scalar_t>>(hi));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return grad_in;
 }

@@ -35,39 +35,69 @@ __device__ __forceinline__ double add_rn<double>(double a, double b) { return __
 // the difference, product and sum are each rounded to scalar_t. The node table
 // is read from device memory (a few values every thread shares, served by the
 // cache): no per-call host data, no limit on the step count.
-template <typename scalar_t>
+//
+// kWidth > 1 (rows a multiple of the vector width, every pointer 16-byte
+// aligned): a thread takes kWidth consecutive elements of one row, read and
+// written as 16-byte vectors, for bandwidth (see cuda_helpers.cuh); each lane
+// is computed exactly as in the scalar loop (kWidth == 1).
+template <typename scalar_t, int kWidth>
 __global__ void ig_path_inputs_cuda_impl(const scalar_t* __restrict__ x,
                                          const scalar_t* __restrict__ base,
                                          const at::opmath_type<scalar_t>* __restrict__ alphas,
                                          int64_t steps, int64_t step_stride, int64_t batch_stride,
                                          scalar_t* __restrict__ out, int64_t n, int64_t row) {
   using opmath_t = at::opmath_type<scalar_t>;
-  FASTATTR_KERNEL_LOOP(i, n) {
-    const scalar_t b = base[i];
-    const scalar_t diff = x[i] - b;
-    const opmath_t* a = alphas + (i / row) * batch_stride;
+  using vec_t = Vector<scalar_t, kWidth>;
+  const vec_t* __restrict__ xv = reinterpret_cast<const vec_t*>(x);
+  const vec_t* __restrict__ bv = reinterpret_cast<const vec_t*>(base);
+  vec_t* __restrict__ ov = reinterpret_cast<vec_t*>(out);
+  const int64_t n_vec = n / kWidth;  // n % kWidth == 0 (row is a multiple)
+  FASTATTR_KERNEL_LOOP(i, n_vec) {
+    const vec_t b = bv[i];
+    const vec_t xi = xv[i];
+    vec_t diff;
+#pragma unroll
+    for (int l = 0; l < kWidth; ++l) diff.v[l] = xi.v[l] - b.v[l];
+    const opmath_t* a = alphas + (i * kWidth / row) * batch_stride;
     for (int64_t k = 0; k < steps; ++k) {
-      const scalar_t step =
-          static_cast<scalar_t>(mul_rn<opmath_t>(a[k * step_stride], static_cast<opmath_t>(diff)));
-      out[k * n + i] = add_rn<scalar_t>(b, step);
+      const opmath_t alpha = a[k * step_stride];
+      vec_t res;
+#pragma unroll
+      for (int l = 0; l < kWidth; ++l) {
+        const scalar_t step =
+            static_cast<scalar_t>(mul_rn<opmath_t>(alpha, static_cast<opmath_t>(diff.v[l])));
+        res.v[l] = add_rn<scalar_t>(b.v[l], step);
+      }
+      ov[k * n_vec + i] = res;
     }
   }
 }
 
-template <typename scalar_t>
+// Same vector split as ig_path_inputs: kWidth elements of one row per
+// thread, grads read as one 16-byte vector per step, `total` (opmath) as
+// kWidth opmath values; each lane accumulates exactly as the scalar loop.
+template <typename scalar_t, int kWidth>
 __global__ void ig_accumulate_cuda_impl(at::opmath_type<scalar_t>* __restrict__ total,
                                         const scalar_t* __restrict__ grads,
                                         const at::opmath_type<scalar_t>* __restrict__ weights,
                                         int64_t steps, int64_t step_stride, int64_t batch_stride,
                                         int64_t n, int64_t row) {
   using opmath_t = at::opmath_type<scalar_t>;
-  FASTATTR_KERNEL_LOOP(i, n) {
-    const opmath_t* w = weights + (i / row) * batch_stride;
-    opmath_t acc = total[i];
+  using vec_t = Vector<scalar_t, kWidth>;
+  using acc_vec_t = Vector<opmath_t, kWidth>;
+  const vec_t* __restrict__ gv = reinterpret_cast<const vec_t*>(grads);
+  acc_vec_t* __restrict__ tv = reinterpret_cast<acc_vec_t*>(total);
+  const int64_t n_vec = n / kWidth;  // n % kWidth == 0 (row is a multiple)
+  FASTATTR_KERNEL_LOOP(i, n_vec) {
+    const opmath_t* w = weights + (i * kWidth / row) * batch_stride;
+    acc_vec_t acc = tv[i];
     for (int64_t k = 0; k < steps; ++k) {
-      acc += w[k * step_stride] * static_cast<opmath_t>(grads[k * n + i]);
+      const opmath_t wk = w[k * step_stride];
+      const vec_t g = gv[k * n_vec + i];
+#pragma unroll
+      for (int l = 0; l < kWidth; ++l) acc.v[l] += wk * static_cast<opmath_t>(g.v[l]);
     }
-    total[i] = acc;
+    tv[i] = acc;
   }
 }
 
@@ -91,11 +121,21 @@ at::Tensor ig_path_inputs_kernel(const at::Tensor& self, const at::Tensor& basel
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ig_path_inputs", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const StepTableView table = step_table(alphas, c10::CppTypeToScalarType<opmath_t>::value);
-    ig_path_inputs_cuda_impl<scalar_t><<<grid_for(n), kThreadsPerBlock, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), base.const_data_ptr<scalar_t>(),
-        table.values.const_data_ptr<opmath_t>(), steps, table.step_stride, table.batch_stride,
-        out.mutable_data_ptr<scalar_t>(), n, n / x.size(0));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
+    const scalar_t* base_ptr = base.const_data_ptr<scalar_t>();
+    scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+    const int64_t row = n / x.size(0);
+    // 16-byte vectors (for bandwidth) when rows split into whole vectors and
+    // every pointer is aligned; else the scalar loop.
+    with_vector_width<scalar_t>(row % vector_width<scalar_t>() == 0, {x_ptr, base_ptr, out_ptr},
+                                [&](auto width) {
+      constexpr int kWidth = decltype(width)::value;
+      ig_path_inputs_cuda_impl<scalar_t, kWidth>
+          <<<grid_for_vectors(n, kWidth), kThreadsPerBlock, 0, stream>>>(
+              x_ptr, base_ptr, table.values.const_data_ptr<opmath_t>(), steps, table.step_stride,
+              table.batch_stride, out_ptr, n, row);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }
@@ -111,11 +151,23 @@ void ig_accumulate_kernel(at::Tensor& total, const at::Tensor& grads, const at::
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "ig_accumulate_", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const StepTableView table = step_table(weights, c10::CppTypeToScalarType<opmath_t>::value);
-    ig_accumulate_cuda_impl<scalar_t><<<grid_for(n), kThreadsPerBlock, 0, stream>>>(
-        total.mutable_data_ptr<opmath_t>(), g.const_data_ptr<scalar_t>(),
-        table.values.const_data_ptr<opmath_t>(), weights.size(0), table.step_stride,
-        table.batch_stride, n, n / total.size(0));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    opmath_t* total_ptr = total.mutable_data_ptr<opmath_t>();
+    const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
+    const int64_t row = n / total.size(0);
+    constexpr int kVec = vector_width<scalar_t>();
+    // 16-byte vectors of grads (for bandwidth) when rows split into whole
+    // vectors, grads is 16-byte aligned and total aligned to kVec opmath
+    // values (32 bytes for half/bfloat16); else the scalar loop.
+    const bool total_aligned =
+        reinterpret_cast<uintptr_t>(total_ptr) % (sizeof(opmath_t) * kVec) == 0;
+    with_vector_width<scalar_t>(row % kVec == 0 && total_aligned, {g_ptr}, [&](auto width) {
+      constexpr int kWidth = decltype(width)::value;
+      ig_accumulate_cuda_impl<scalar_t, kWidth>
+          <<<grid_for_vectors(n, kWidth), kThreadsPerBlock, 0, stream>>>(
+              total_ptr, g_ptr, table.values.const_data_ptr<opmath_t>(), weights.size(0),
+              table.step_stride, table.batch_stride, n, row);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
 
