@@ -1,78 +1,91 @@
 #!/usr/bin/env bash
-# Everything that needs the GPU machine, in one script: build fastattr against
-# that machine's python3/torch, run the whole test suite (CUDA tests included),
-# compute-sanitizer memcheck + racecheck over each op's CUDA tests, the op
-# benchmarks (CUDA), the bandwidth table and, if present, the method
-# benchmarks. Logs and tables go to $OUT, in at most 8 files:
+# Everything that needs the GPU machine, in one script that ends inside one
+# device call (8 minutes by default) with its summary, even when a phase runs
+# long: each phase runs under its own time budget, capped by what is left of
+# the whole.
 #
-#   summary.md      environment + one row per step (status, seconds, result)
-#   build.log       the build
-#   tests.log       pytest -q tests
-#   sanitizer.log   memcheck and racecheck, every op test file
-#   bench.md        op-vs-reference table (CUDA), bandwidth table, methods table
-#   bench.log       raw benchmark output
-#   bench_ops.json  pytest-benchmark JSON of the op benchmarks
+#   build      build fastattr in place against that machine's python3/torch
+#   correct    at once, on one GPU: (a) the op tests, CPU and CUDA (every op
+#              registered in torch.ops.fastattr has harness cases: the CUDA
+#              tests are discovered from the package), in 8 processes;
+#              (b) compute-sanitizer memcheck and racecheck over a small
+#              float32 subset of each op's CUDA tests; (c) the C++
+#              check-failure probe (benchmarks/abi_probe.py)
+#   bandwidth  every kernel's bandwidth against a device-to-device copy
+#   e2e        resnet50 B=32: default-chunk sweep, host-time profile of IG and
+#              GNL-IG, every method against Captum and the bare model (+bf16
+#              autocast, torch.compile for IG)
 #
-# Usage: benchmarks/gpu.sh [PHASE...]   PHASE in build tests bench sanitize (default: all, in that order)
+# Results, at most 8 files under $OUT:
+#   summary.md     environment, one row per step (status, seconds, result)
+#   build.log      the build
+#   tests.log      pytest output and the probe's report
+#   sanitizer.log  memcheck and racecheck
+#   bandwidth.md   the bandwidth table
+#   e2e.md         the end-to-end tables (e2e.methods.md holds rows so far if cut)
+#   bench.log      raw benchmark output
 #
-# One device command may run 10 minutes at most: every step runs under a
-# timeout taken from what is left of FASTATTR_GPU_BUDGET_S (default 570 s),
-# so the script always ends with its summary; phases can also be run in
-# separate calls (the build stays on the machine while it is warm).
-#
+# Usage: benchmarks/gpu.sh [PHASE...]      (default: all four, in order)
 # Environment: OUT (default ./gpu-out), PYTHON (default python3),
-# FASTATTR_GPU_DRYRUN=1 (check the script on a machine without a GPU: no build,
-# a small test subset, CPU benchmarks, sanitizers only if installed),
-# SANITIZE_K (pytest -k for the sanitizer runs), TORCH_CUDA_ARCH_LIST (9.0).
+#   FASTATTR_GPU_BUDGET_S (whole run, default 470),
+#   BUDGET_BUILD / BUDGET_CORRECT / BUDGET_BANDWIDTH / BUDGET_E2E (seconds per phase),
+#   FASTATTR_GPU_DRYRUN=1: rehearse on a machine without a GPU (no build, the
+#   CPU tests of one op file, CPU bandwidth on small inputs, the e2e sweep on
+#   the small CNN; CUDA-only steps are listed as skipped).
 # It only queries the GPU (nvidia-smi --query-gpu); it changes no settings.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 START=$(date +%s)
-BUDGET=${FASTATTR_GPU_BUDGET_S:-570}
+TOTAL=${FASTATTR_GPU_BUDGET_S:-470}
 DRYRUN=${FASTATTR_GPU_DRYRUN:-0}
 OUT=${OUT:-$ROOT/gpu-out}
 mkdir -p "$OUT"
-if [ "$DRYRUN" = 1 ] && [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=${PYTHON:-python3}; fi
+if [ "$DRYRUN" = 1 ] && [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PY=$ROOT/.venv/bin/python; else PY=${PYTHON:-python3}; fi
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-16}
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export PATH="$CUDA_HOME/bin:$PATH"
 export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONDONTWRITEBYTECODE=1
+export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 export FASTATTR_EXPECT_CUDA_KERNELS=1
 [ "$DRYRUN" = 1 ] && export FASTATTR_EXPECT_CUDA_KERNELS=0
-SANITIZE_K=${SANITIZE_K:-cuda and not compile}
 PYTEST=("$PY" -m pytest -p no:cacheprovider)
 
 PHASES=("$@")
-[ ${#PHASES[@]} -eq 0 ] && PHASES=(build tests bench sanitize)
+[ ${#PHASES[@]} -eq 0 ] && PHASES=(build correct bandwidth e2e)
 want() { local p; for p in "${PHASES[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
+left() { echo $((TOTAL - ($(date +%s) - START) - 10)); }
+# phase_budget NAME DEFAULT: seconds for a phase, never more than what is left
+phase_budget() { local b=$2 l; l=$(left); [ "$b" -gt "$l" ] && b=$l; echo "$b"; }
 
 ROWS=()
-# step NAME LOG CMD...: run CMD under the remaining budget, append its output
-# to LOG and record a summary row (pytest / sanitizer result lines).
-STEP_TMP=$(mktemp)
-trap 'rm -f "$STEP_TMP"' EXIT
-step() {
-  local name=$1 log=$2; shift 2
-  local now left t0 rc detail status
-  now=$(date +%s); left=$((BUDGET - (now - START) - 20))
-  if [ "$left" -lt 20 ]; then
-    ROWS+=("| $name | skipped | 0 | out of time budget |"); return 0
-  fi
-  t0=$(date +%s)
-  timeout --kill-after=10 "$left" "$@" >"$STEP_TMP" 2>&1
+# run_step NAME LOG SECONDS CMD...: CMD under a timeout, output appended to LOG,
+# one summary row (pytest / sanitizer result lines). Safe to run in the background.
+run_step() {
+  local name=$1 log=$2 secs=$3; shift 3
+  local t0 rc detail status tmp
+  if [ "$secs" -lt 15 ]; then echo "| $name | skipped | 0 | out of time budget |" >"$OUT/.row.$BASHPID"; return 0; fi
+  tmp=$(mktemp); t0=$(date +%s)
+  timeout --kill-after=5 "$secs" "$@" >"$tmp" 2>&1
   rc=$?
-  { echo; echo "===== $name: $* (rc $rc, $(( $(date +%s) - t0 )) s) ====="; cat "$STEP_TMP"; } >>"$log"
-  detail="$(grep -E "[0-9]+ (passed|failed|errors?|skipped|deselected)" "$STEP_TMP" | tail -1) $(grep -E "(ERROR|RACECHECK) SUMMARY" "$STEP_TMP" | tail -1)"
-  [ -z "${detail// /}" ] && detail=$(grep -v '^\s*$' "$STEP_TMP" | tail -1)
+  { echo; echo "===== $name: $* (rc $rc, $(( $(date +%s) - t0 )) s) ====="; cat "$tmp"; } >>"$log"
+  detail="$(grep -E "[0-9]+ (passed|failed|errors?|skipped|deselected)" "$tmp" | tail -1) $(grep -E "(ERROR|RACECHECK) SUMMARY" "$tmp" | tail -1)"
+  [ -z "${detail// /}" ] && detail=$(grep -v '^\s*$' "$tmp" | tail -1)
   detail=$(echo "$detail" | tr -d '=|' | sed 's/^ *//; s/ *$//' | cut -c1-160)
-  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then detail="timed out after ${left}s; $detail"; fi
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then detail="timed out after ${secs}s; $detail"; fi
   if [ "$rc" = 0 ]; then status=ok; else status="FAIL (rc $rc)"; fi
-  ROWS+=("| $name | $status | $(( $(date +%s) - t0 )) | $detail |")
+  rm -f "$tmp"
+  echo "| $name | $status | $(( $(date +%s) - t0 )) | $detail |" >"$OUT/.row.$BASHPID"
   return "$rc"
 }
+# step: run_step in the foreground, its row collected at once
+step() {
+  local me=$BASHPID rc
+  run_step "$@"; rc=$?
+  ROWS+=("$(cat "$OUT/.row.$me")"); rm -f "$OUT/.row.$me"; return $rc
+}
+skip() { ROWS+=("| $1 | skipped | 0 | $2 |"); }
 
 # --- environment --------------------------------------------------------------
 {
@@ -83,86 +96,88 @@ step() {
   "$PY" -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', torch.version.cuda, '| GPU', torch.cuda.is_available())" 2>&1
   command -v nvcc >/dev/null && nvcc --version | tail -1
   command -v compute-sanitizer >/dev/null && compute-sanitizer --version | head -2 | tail -1
+  echo "c++: $(command -v c++) $(c++ --version 2>/dev/null | head -1)"
   echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (+ local changes)')"
   echo '```'
 } >"$OUT/summary.md"
 
-# Captum, if shipped as wheels next to the repository (no network there).
+# Test and benchmark dependencies the machine lacks (Captum, expecttest), as wheels next to the repository.
 if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >>"$OUT/build.log" 2>&1 \
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >>"$OUT/build.log" 2>&1 \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
+
+HAVE_GPU=0
+"$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null && HAVE_GPU=1
 
 # --- build --------------------------------------------------------------------
 if want build; then
   if [ "$DRYRUN" = 1 ]; then
-    step "build (dry run: import only)" "$OUT/build.log" "$PY" -c "import fastattr; print('fastattr ops:', fastattr.ops.has_ops())"
+    step "build (dry run: import only)" "$OUT/build.log" 60 "$PY" -c "import fastattr; print('fastattr ops:', fastattr.ops.has_ops())"
   else
     # In place (python/fastattr/_C*.so), found through PYTHONPATH: nothing is
     # installed into that machine's site-packages.
-    step "build" "$OUT/build.log" "$PY" setup.py build_ext --inplace
+    step "build" "$OUT/build.log" "$(phase_budget "${BUDGET_BUILD:-200}" 200)" "$PY" setup.py build_ext --inplace
   fi
-  step "import + CUDA kernels" "$OUT/build.log" "$PY" -c "
+  step "import + CUDA kernels" "$OUT/build.log" 60 "$PY" -c "
 import torch, fastattr
 print('fastattr', fastattr.__file__, 'cuda_version', fastattr.ops.cuda_version(), 'cuda kernels', fastattr.ops.has_cuda_kernels())
 assert fastattr.ops.has_cuda_kernels() or '$DRYRUN' == '1'
 "
 fi
 
-# --- tests --------------------------------------------------------------------
-if want tests; then
+# --- correctness: tests, sanitizers and the probe at once -----------------------
+if want correct; then
+  B=$(phase_budget "${BUDGET_CORRECT:-120}" 120)
+  PIDS=()
   if [ "$DRYRUN" = 1 ]; then
-    step "pytest tests (dry run subset)" "$OUT/tests.log" "${PYTEST[@]}" -q tests/test_build.py
+    run_step "op tests (dry run: one file, CPU)" "$OUT/tests.log" "$B" "${PYTEST[@]}" -q tests/test_op_rise_masks.py -x -k "not compile" & PIDS+=($!)
   else
-    step "pytest tests" "$OUT/tests.log" "${PYTEST[@]}" -q -rs tests
+    # Every op file plus the harness; xdist if present (a crashing worker is reported, not fatal).
+    XDIST=(); "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 8)
+    run_step "op tests (CPU + CUDA)" "$OUT/tests.log" "$B" "${PYTEST[@]}" -q -rf "${XDIST[@]}" tests/test_op_*.py tests/test_build.py & PIDS+=($!)
   fi
-fi
-
-# --- benchmarks ---------------------------------------------------------------
-if want bench; then
-  BENCH_DEV=cuda; BENCH_K="cuda"; BW_ARGS=()
-  if [ "$DRYRUN" = 1 ]; then BENCH_DEV=cpu; BENCH_K="cpu and guided_relu- and float32"; BW_ARGS=(--small --reps 3 --warmup 1); fi
-  {
-    echo "# fastattr GPU benchmarks"
-    echo
-    echo "## Ops vs reference ($BENCH_DEV)"
-    echo
-  } >"$OUT/bench.md"
-  step "bench_ops ($BENCH_DEV)" "$OUT/bench.log" "${PYTEST[@]}" -q benchmarks/bench_ops.py --benchmark-only \
-    -k "$BENCH_K" --benchmark-json "$OUT/bench_ops.json" --ops-table "$OUT/ops_table.tmp" --benchmark-columns=min,median,max,rounds
-  [ -f "$OUT/ops_table.tmp" ] && cat "$OUT/ops_table.tmp" >>"$OUT/bench.md" && rm -f "$OUT/ops_table.tmp"
-  { echo; echo "## Bandwidth ($BENCH_DEV)"; echo; } >>"$OUT/bench.md"
-  step "bandwidth.py ($BENCH_DEV)" "$OUT/bench.log" "$PY" benchmarks/bandwidth.py "$OUT/bandwidth.tmp" --device "$BENCH_DEV" "${BW_ARGS[@]}"
-  [ -f "$OUT/bandwidth.tmp" ] && cat "$OUT/bandwidth.tmp" >>"$OUT/bench.md" && rm -f "$OUT/bandwidth.tmp"
-  if [ -f benchmarks/bench_methods.py ]; then
-    { echo; echo "## Methods"; echo; echo '```'; } >>"$OUT/bench.md"
-    METHODS_ARGS=(--benchmark-only --benchmark-columns=min,median,max,rounds)
-    [ "$DRYRUN" = 1 ] && METHODS_ARGS=(--benchmark-disable -k cpu)
-    step "bench_methods" "$OUT/bench.log" "${PYTEST[@]}" -q benchmarks/bench_methods.py "${METHODS_ARGS[@]}"
-    # the pytest-benchmark table of that run
-    awk '/===== bench_methods/{f=1} f' "$OUT/bench.log" | grep -E "^(Name|-{5,}|test_)" | head -200 >>"$OUT/bench.md"
-    echo '```' >>"$OUT/bench.md"
-  else
-    ROWS+=("| bench_methods | skipped | 0 | benchmarks/bench_methods.py not present |")
-  fi
-fi
-
-# --- sanitizers ---------------------------------------------------------------
-if want sanitize; then
-  if ! command -v compute-sanitizer >/dev/null 2>&1 || { [ "$DRYRUN" = 1 ] && ! "$PY" -c "import torch,sys; sys.exit(not torch.cuda.is_available())"; }; then
-    ROWS+=("| compute-sanitizer | skipped | 0 | no compute-sanitizer or no GPU |")
-  else
-    : >"$OUT/sanitizer.log"
+  if [ "$HAVE_GPU" = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
+    # One float32 contiguous case per op variant, CUDA against the float64
+    # reference, and CPU/CUDA parity. No caching allocator under memcheck, so
+    # that an overrun past a tensor's end is outside any allocation.
+    SUBSET=(tests/test_op_harness.py -m needs_cuda -k "float32 and contiguous and (test_matches_reference or test_cpu_cuda_parity)")
     for tool in memcheck racecheck; do
-      for f in tests/test_op_*.py; do
-        # No caching allocator under memcheck, so that an overrun past a
-        # tensor's end is outside any allocation and gets reported.
-        step "$tool $(basename "$f")" "$OUT/sanitizer.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=$([ $tool = memcheck ] && echo 1 || echo 0) \
-          compute-sanitizer --tool "$tool" --error-exitcode 86 --print-limit 50 \
-          "${PYTEST[@]}" -q -x "$f" -k "$SANITIZE_K"
-      done
+      run_step "compute-sanitizer $tool (harness: every op, float32)" "$OUT/sanitizer.$tool.tmp" "$B" \
+        env PYTORCH_NO_CUDA_MEMORY_CACHING=$([ $tool = memcheck ] && echo 1 || echo 0) \
+        compute-sanitizer --tool "$tool" --error-exitcode 86 --print-limit 50 "${PYTEST[@]}" -q "${SUBSET[@]}" & PIDS+=($!)
     done
+  else
+    skip "compute-sanitizer" "no compute-sanitizer or no GPU"
   fi
+  run_step "C++ check-failure probe" "$OUT/probe.tmp" "$B" "$PY" benchmarks/abi_probe.py $([ "$DRYRUN" = 1 ] && echo --skip-build) & PIDS+=($!)
+  for pid in "${PIDS[@]}"; do
+    wait "$pid"
+    ROWS+=("$(cat "$OUT/.row.$pid" 2>/dev/null || echo "| step $pid | lost | 0 | |")"); rm -f "$OUT/.row.$pid"
+  done
+  cat "$OUT"/sanitizer.*.tmp >>"$OUT/sanitizer.log" 2>/dev/null; rm -f "$OUT"/sanitizer.*.tmp
+  { echo; cat "$OUT/probe.tmp"; } >>"$OUT/tests.log" 2>/dev/null; rm -f "$OUT/probe.tmp"
+fi
+
+# --- bandwidth ----------------------------------------------------------------
+if want bandwidth; then
+  BW_ARGS=(--device cuda)
+  [ "$HAVE_GPU" = 1 ] || BW_ARGS=(--device cpu --small --reps 3 --warmup 1)
+  step "bandwidth.py (${BW_ARGS[*]})" "$OUT/bench.log" "$(phase_budget "${BUDGET_BANDWIDTH:-60}" 60)" \
+    "$PY" benchmarks/bandwidth.py "$OUT/bandwidth.md" "${BW_ARGS[@]}"
+fi
+
+# --- end to end ---------------------------------------------------------------
+if want e2e; then
+  if [ "$HAVE_GPU" = 1 ]; then
+    E2E=(--device cuda --cases resnet50-224 --repeats 3 --sweep 64 128 256 512 --profile --all-methods --variants bf16 compile)
+  else
+    E2E=(--device cpu --cases small-cnn-64 --repeats 1 --sweep 32 64 --all-methods --variants bf16)
+  fi
+  B=$(phase_budget "${BUDGET_E2E:-200}" 200)
+  (cd benchmarks && step "e2e.py ${E2E[*]}" "$OUT/bench.log" "$B" "$PY" e2e.py "${E2E[@]}" --budget-s $((B - 60)) --out "$OUT/e2e.md"; \
+   echo "${ROWS[-1]}" >"$OUT/.row.e2e")
+  ROWS+=("$(cat "$OUT/.row.e2e")"); rm -f "$OUT/.row.e2e"
 fi
 
 # --- summary ------------------------------------------------------------------

@@ -45,6 +45,21 @@ def test_plan_covers_the_grid_once_within_the_batch_size(n_samples, n_points, ba
 SHAPES = [(3, 8, 8), (3, 32, 32), (1, 100, 100), (3, 64, 64), (3, 224, 224), (3, 512, 512), (3, 4096, 4096)]  # growing
 
 
+def test_cuda_rows_bounded_by_elements_and_device_memory():
+    """The CUDA rule: at most 2**26 input elements per pass, and fewer rows on a
+    smaller card (a quarter of its memory at 512 bytes per input element)."""
+    gib = 2**30
+    image = 3 * 224 * 224
+    assert engine.cuda_rows(image, 141 * gib) == 2**26 // image == 445
+    assert engine.cuda_rows(image, 24 * gib) == 24 * gib // 4 // (image * 512) == 83
+    previous = None
+    for memory in (8 * gib, 16 * gib, 40 * gib, 80 * gib, 141 * gib):
+        rows = engine.cuda_rows(image, memory)
+        assert rows * image * 512 <= memory // 4 and rows * image <= 2**26
+        assert previous is None or rows >= previous
+        previous = rows
+
+
 @pytest.mark.parametrize("batch", [1, 4, 12, 16, 1000])
 def test_default_batch_size_properties(batch):
     """Elements per pass bounded (whatever n_steps), a batch that fits is not
