@@ -132,6 +132,12 @@ def main(argv=None) -> int:
             compilers.append(path)
     lines += ["", "| compiler | version | its libstdc++ |", "|---|---|---|"]
     lines += [f"| {c} | {_version(c)} | {_libstdcxx_of(c)} |" for c in compilers]
+    for c in compilers:  # a wrapper script shows what it adds to the real compiler's command line
+        with open(c, "rb") as f:
+            head = f.read(600)
+        if head.startswith(b"#!"):
+            text = head.decode(errors="replace").replace("\n", " ; ")
+            lines.append(f"{c} is a script: `{text[:500]}`")
 
     ext = next(iter(sorted((ROOT / "python" / "fastattr").glob("_C*.so"))), None)
     if ext is not None:

@@ -616,6 +616,7 @@ def main(argv=None):
     p.add_argument("--sweep", type=int, nargs="*", metavar="ROWS",
                    help="IG at these batch sizes (rows per pass) vs the model limit at the same pass sizes")
     p.add_argument("--profile", action="store_true", help="torch.profiler table of one IG and one GNL-IG call")
+    p.add_argument("--only-methods", nargs="+", metavar="METHOD", help="--all-methods for these methods only")
     p.add_argument("--budget-s", type=float, default=float("inf"),
                    help="no new method of --all-methods starts after this many seconds of the whole run")
     args = p.parse_args(argv)
@@ -639,7 +640,7 @@ def main(argv=None):
             part = args.out.with_suffix(".methods.md") if args.out else None
             lines += ["## Every method", ""] + all_methods_table(
                 args.device, args.cases[0], args.repeats, args.budget_s - (time.perf_counter() - started),
-                args.variants, out=part)
+                args.variants, methods=args.only_methods, out=part)
             if args.out:
                 args.out.write_text("\n".join(lines) + "\n")
                 part.unlink(missing_ok=True)

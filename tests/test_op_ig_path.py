@@ -91,11 +91,12 @@ def test_path_inputs_match_reference(device, dtype, shape, rule, per_sample):
 @pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "offset"])
 @PER_SAMPLE
 def test_vector_rows_and_storage_offsets(device, dtype, offset, per_sample):
-    """Rows of 128 elements, a multiple of every vector width (the CUDA
-    kernels then move 16-byte vectors), and the same operands as views at an
-    element offset (the scalar loop): both give Captum's bits and the
-    reference's sums."""
-    shape, row, steps = (3, 2, 8, 8), 128, 7
+    """Rows a multiple of every vector width (the CUDA kernels then move
+    16-byte vectors, given enough of them to fill an H200: 2.5M elements), and
+    the same operands as views at an element offset (the scalar loop): both
+    give Captum's bits and the reference's sums."""
+    shape, steps = ((3, 2, 8, 8) if device == "cpu" else (3, 2, 640, 640)), 7
+    row = shape[1] * shape[2] * shape[3]
     n = shape[0] * row
 
     def view(count, dtype, scale=1.0):

@@ -127,7 +127,10 @@ at::Tensor ig_path_inputs_kernel(const at::Tensor& self, const at::Tensor& basel
     const int64_t row = n / x.size(0);
     // 16-byte vectors (for bandwidth) when rows split into whole vectors and
     // every pointer is aligned; else the scalar loop.
-    with_vector_width<scalar_t>(row % vector_width<scalar_t>() == 0, {x_ptr, base_ptr, out_ptr},
+    // Each thread loops over the steps, so vectors only pay when there are
+    // enough of them to fill the device (fills_device).
+    constexpr int kVec = vector_width<scalar_t>();
+    with_vector_width<scalar_t>(row % kVec == 0 && fills_device(n / kVec), {x_ptr, base_ptr, out_ptr},
                                 [&](auto width) {
       constexpr int kWidth = decltype(width)::value;
       ig_path_inputs_cuda_impl<scalar_t, kWidth>
@@ -160,7 +163,8 @@ void ig_accumulate_kernel(at::Tensor& total, const at::Tensor& grads, const at::
     // values (32 bytes for half/bfloat16); else the scalar loop.
     const bool total_aligned =
         reinterpret_cast<uintptr_t>(total_ptr) % (sizeof(opmath_t) * kVec) == 0;
-    with_vector_width<scalar_t>(row % kVec == 0 && total_aligned, {g_ptr}, [&](auto width) {
+    with_vector_width<scalar_t>(row % kVec == 0 && total_aligned && fills_device(n / kVec), {g_ptr},
+                                [&](auto width) {
       constexpr int kWidth = decltype(width)::value;
       ig_accumulate_cuda_impl<scalar_t, kWidth>
           <<<grid_for_vectors(n, kWidth), kThreadsPerBlock, 0, stream>>>(

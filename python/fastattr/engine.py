@@ -49,16 +49,18 @@ from .targets import ResolvedTarget
 # rows as long as they hold at most 2**21 elements (~200 MB of resnet18
 # activations). And a batch of at most 2**21 elements is never split into
 # uneven passes (B=4 at 224x224: 4 rows, not 3 + 1).
-# CUDA: on an H100, IG on torchvision resnet50 (B=32, 3x224x224, n_steps=32)
-# ran 1.47x its model limit at the old 2**23 elements (55 rows/pass), and the
-# bare model was fastest at 512 samples per pass. So up to 2**26 elements
-# (445 rows at 3x224x224), but never more than a quarter of the device's
+# CUDA: IG on torchvision resnet50 (B=32, 3x224x224, n_steps=32) ran 1.47x
+# its model limit on an H100 at the old 2**23 elements (55 rows/pass). On an
+# H200 (benchmarks/RESULTS.md) it ran at 1.15x / 1.07x / 1.04x / 1.01x the
+# best bare-model time with 64 / 128 / 256 / 512 rows per pass, peaking at
+# 5.4 / 10.7 / 21.4 / 42.7 GB. So 2**25 elements (222 rows at 3x224x224,
+# ~1.05x, ~17 GB for resnet50), and never more than a quarter of the device's
 # memory at _CUDA_BYTES_PER_ELEMENT bytes of activations per input element
-# (resnet50's forward+backward needed ~330 there), so that a smaller card
-# gets fewer rows instead of running out of memory. Total, not free, memory:
-# the default must not change from one call to the next.
+# (resnet50's forward+backward took ~550), so that a smaller card gets fewer
+# rows instead of running out of memory. Total, not free, memory: the default
+# must not change from one call to the next.
 _CPU_ELEMENTS, _CPU_MIN_ROWS, _CPU_MAX_ELEMENTS = 1 << 19, 8, 1 << 21
-_CUDA_ELEMENTS, _CUDA_BYTES_PER_ELEMENT, _CUDA_MEMORY_SHARE = 1 << 26, 512, 0.25
+_CUDA_ELEMENTS, _CUDA_BYTES_PER_ELEMENT, _CUDA_MEMORY_SHARE = 1 << 25, 512, 0.25
 _MAX_ROWS = 512
 
 
@@ -72,7 +74,7 @@ def cuda_rows(per_sample: int, total_memory: int) -> int:
 def default_batch_size(inputs: Tensor) -> int:
     """Rows per forward pass when ``batch_size=None``: the one batch-size rule.
 
-    Bounded by input elements per pass (on CUDA ``2**26`` and a quarter of the
+    Bounded by input elements per pass (on CUDA ``2**25`` and a quarter of the
     device's memory at 512 bytes per input element; ``2**19`` on the CPU), so
     peak memory does not grow with the number of points or samples.
     On the CPU it is raised to 8 rows, and to the batch size B, as long as those
