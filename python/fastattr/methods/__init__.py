@@ -3,6 +3,8 @@
 and returns attributions shaped like ``inputs``, or one map per image,
 (B, 1, H, W), for the mask-sampling methods RISE and MFPP."""
 
+from . import causal  # noqa: F401  (fastattr.causal: causal_ate, component_ate, patch_bank)
+from .causal import causal_ate
 from .gradients import deconvnet, guided_backprop, input_x_gradient, saliency
 from .integrated_gradients import gnl_heatmap, gnl_integrated_gradients, integrated_gradients
 from .perturbation import feature_ablation, mfpp, occlusion, rise
