@@ -406,6 +406,83 @@ def _empty_window_masked_batch(device, dtype, variant):
     e = torch.empty(0, 3, 10, 12, device=device, dtype=dtype)
     return (e, e.clone(), list(window), list(strides), start, count)
 
+# --- causal ATE (spec §2): the PdCR block intervention, RoI outcome, ATE map ------
+# Large: the bundled U-Net's 128x128 images, 48 intervened rows per pass (one
+# full-sample set of 50 is about that), patches from a 1000-patch bank of 8x8
+# RGB patches (the reference ships 1000); the outcome of 48 one-channel output
+# rows over a 32x32 RoI; the ATE map of a 256x256 image (32x32 cells of 8x8,
+# n_screen 3, n_samples 50). Small: rectangular 2x3 patches, 2 images, rows
+# whose blocks touch the image edges.
+
+def _build_block_patch_batch(device, dtype, small, variant):
+    g = torch.Generator().manual_seed(17)
+    if small:
+        shape, bank_shape, n = (2, 3, 10, 12), (5, 3, 2, 3), 6
+    else:
+        shape, bank_shape, n = (1, 3, 128, 128), (1000, 3, 8, 8), 48
+    bh, bw = bank_shape[2:]
+    index = torch.randint(0, bank_shape[0], (n,), generator=g)
+    if small:
+        blocks = torch.tensor([[0, 0], [8, 9], [3, 5], [0, 9], [8, 0], [4, 4]])
+    else:
+        cells = torch.randint(0, (shape[2] // bh) * (shape[3] // bw), (n,), generator=g)
+        blocks = torch.stack([cells // (shape[3] // bw) * bh, cells % (shape[3] // bw) * bw], 1)
+    return (_rand(shape, device, dtype, 18), _rand(bank_shape, device, dtype, 19), index.to(device),
+            blocks.to(device))
+
+
+def _empty_block_patch_batch(device, dtype, variant):
+    _, bank, index, blocks = _build_block_patch_batch(device, dtype, True, variant)
+    return (torch.empty(0, 3, 10, 12, device=device, dtype=dtype), bank, index, blocks)
+
+
+# (channel, outcome, activation, threshold, empty_is_one) per variant
+_OUTCOME_VARIANTS = {
+    "dice-raw": (-1, "dice", "none", 0.5, False),
+    "soft_dice-sigmoid-empty_is_one": (-1, "soft_dice", "sigmoid", 0.5, True),
+    "dice-softmax-channel": (1, "dice", "softmax", 0.4, False),
+    "mean_prob-softmax-channel": (1, "mean_prob", "softmax", 0.5, False),
+}
+
+
+def _build_region_outcome(device, dtype, small, variant):
+    channel, outcome, activation, threshold, empty_is_one = _OUTCOME_VARIANTS[variant]
+    classes = 1 if channel < 0 else 3
+    rows, h, w = (5, 10, 12) if small else (48, 128, 128)
+    out = _rand((rows, classes, h, w), device, dtype, 20, scale=1.5)
+    roi = torch.zeros(h, w, dtype=torch.bool)
+    roi[2:8, 3:11] = True if small else False
+    if not small:
+        roi[40:72, 48:80] = True
+    g = torch.Generator().manual_seed(21)
+    gt = (torch.rand((classes if channel < 0 else 1, h, w), generator=g) < 0.4).to(dtype)
+    return (out, roi.to(device), gt.to(device), channel, outcome, activation, threshold, empty_is_one)
+
+
+def _empty_region_outcome(device, dtype, variant):
+    out, roi, gt, *rest = _build_region_outcome(device, dtype, True, variant)
+    return (out[:0], roi, gt, *rest)
+
+
+def _build_causal_ate_map(device, dtype, small, variant):
+    g = torch.Generator().manual_seed(22)
+    b, gh, gw, n0, n1, block = (2, 3, 4, 3, 5, [2, 3]) if small else (1, 32, 32, 3, 50, [8, 8])
+    base = torch.tensor([60.0, 20.0])[:b]
+    # Effects of a few points (well above tau) on some cells, none on others, so
+    # that cells pass and fail screening and are kept and pruned.
+    effect = torch.randint(0, 3, (b, gh, gw, 1), generator=g).float() * torch.randn((b, gh, gw, 1), generator=g) * 4
+    screen = base[:, None, None, None] + effect + (torch.rand((b, gh, gw, n0), generator=g) - 0.5) * 0.01
+    full = base[:, None, None, None] + effect * torch.rand((b, gh, gw, n1), generator=g) * 2
+    visited = torch.rand((b, gh, gw), generator=g) < 0.85
+    return (screen.to(device=device, dtype=dtype), full.to(device=device, dtype=dtype),
+            base.to(device=device, dtype=dtype), visited.to(device), block, 0.5)
+
+
+def _empty_causal_ate_map(device, dtype, variant):
+    screen, full, base, visited, block, tau = _build_causal_ate_map(device, dtype, True, variant)
+    return (screen[:0], full[:0], base[:0], visited[:0], block, tau)
+
+
 CASES: dict[str, OpCase] = {
     c.op: c
     for c in (
@@ -479,6 +556,32 @@ CASES: dict[str, OpCase] = {
             _build_window_masked_batch, _empty_window_masked_batch,
             bytes_moved=lambda x, b, window, strides, start, count: (2 + count) * nbytes(x),
             autograd="differentiable", layout_args=(0, 1), variants=tuple(_WINDOWS),
+        ),
+        OpCase(
+            "fastattr::block_patch_batch", "48 block interventions (8x8 patches of a 1000-patch bank) x (1,3,128,128)",
+            _build_block_patch_batch, _empty_block_patch_batch,
+            # read the input and the used patches; write every row
+            bytes_moved=lambda x, bank, index, blocks: ((1 + index.shape[0]) * nbytes(x) + nbytes(index, blocks)
+                                                        + index.shape[0] * bank[0].numel() * bank.element_size()),
+            autograd="differentiable", layout_args=(0, 1),
+        ),
+        OpCase(
+            "fastattr::region_outcome", "48 output rows (1 or 3,128,128), 32x32 RoI",
+            _build_region_outcome, _empty_region_outcome,
+            # read the RoI and gt; read the RoI pixels of the output rows (all channels for softmax)
+            bytes_moved=lambda out, roi, gt, *_: nbytes(roi, gt) + nbytes(out) * int(roi.sum()) // roi.numel(),
+            autograd="differentiable", layout_args=(0,), variants=tuple(_OUTCOME_VARIANTS),
+            layouts=("contiguous", "transposed", "sliced"),  # a (R,) result: no channels_last rule
+            exact_parity=False,  # CUDA's tree reduction sums soft values in another order
+        ),
+        OpCase(
+            "fastattr::causal_ate_map", "ATE map 256x256 (32x32 cells of 8x8, n_screen 3, n_samples 50)",
+            _build_causal_ate_map, _empty_causal_ate_map,
+            bytes_moved=lambda screen, full, base, visited, block, tau: (
+                nbytes(screen, full, base, visited) + screen.shape[0] * screen.shape[1] * screen.shape[2]
+                * block[0] * block[1] * screen.element_size()),
+            autograd="differentiable", layout_args=(0, 1),
+            layouts=("contiguous", "transposed", "sliced"),  # (B, gh, gw, n) outcome tables and a (B, H, W) map
         ),
     )
 }

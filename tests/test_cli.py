@@ -190,7 +190,10 @@ def test_demo_runs(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     methods = {r["method"] for r in summary["rows"]}
     assert {"integrated_gradients", "gnl_integrated_gradients", "guided_backprop", "saliency", "smooth_grad", "rise",
-            "occlusion"} <= methods
+            "occlusion", "causal_ate"} <= methods
+    # PdCR's causal_ate explains the segmentation set only, against its masks.
+    assert {r["data"] for r in summary["rows"] if r["method"] == "causal_ate"} == {"lesions"}
+    assert (out / "lesions-causal_ate.png").exists()
     assert all("auc" not in k.lower() for r in summary["rows"] for k in r)
     for g in summary["grids"]:
         with Image.open(g) as im:

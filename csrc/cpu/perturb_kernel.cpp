@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "../ops/perturb.h"
@@ -248,6 +249,56 @@ at::Tensor window_masked_batch_kernel(const at::Tensor& self, const at::Tensor& 
   return ops.out;
 }
 
+// Block patches: each task writes one row (n, s): a copy of the sample, then
+// the patch over its block (the only elements where M = 0). Exact copies, so
+// a row equals the input bit for bit outside its block.
+at::Tensor block_patch_batch_kernel(const at::Tensor& self, const at::Tensor& bank, const at::Tensor& patch_index,
+                                    const at::Tensor& blocks) {
+  check_block_patch_args(self, bank, patch_index, blocks);
+  BatchOperands ops = batch_operands(self, self, patch_index.size(0));
+  if (ops.out.numel() == 0) return ops.out;
+  const at::Tensor index = patch_index.contiguous();
+  const at::Tensor where = blocks.contiguous();
+  const at::Tensor patches = bank.contiguous();
+  const masks::BlockPatchGeometry geo{bank.size(0), self.size(1), self.size(2), self.size(3),
+                                      bank.size(2), bank.size(3), ops.format == at::MemoryFormat::ChannelsLast};
+  const int64_t rows = ops.masks * ops.samples;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, self.scalar_type(), "block_patch_batch", [&] {
+    const scalar_t* x = ops.x.const_data_ptr<scalar_t>();
+    const scalar_t* bk = patches.const_data_ptr<scalar_t>();
+    const int64_t* idx = index.const_data_ptr<int64_t>();
+    const int64_t* pos = where.const_data_ptr<int64_t>();
+    scalar_t* out = ops.out.mutable_data_ptr<scalar_t>();
+    const int64_t row = ops.row;
+    const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(1, row));
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / ops.samples;
+        const int64_t s = task - n * ops.samples;
+        scalar_t* o = out + task * row;
+        const int64_t p = idx[n], r0 = pos[2 * n], c0 = pos[2 * n + 1];
+        if (!geo.valid(p, r0, c0)) {
+          std::fill(o, o + row, masks::quiet_nan<scalar_t>());
+          continue;
+        }
+        std::memcpy(o, x + s * row, sizeof(scalar_t) * row);
+        for (int64_t ch = 0; ch < geo.channels; ++ch) {
+          for (int64_t i = 0; i < geo.bh; ++i) {
+            const int64_t h = r0 + i;
+            for (int64_t j = 0; j < geo.bw; ++j) {
+              const int64_t w = c0 + j;
+              const int64_t e = geo.channels_last ? (h * geo.width + w) * geo.channels + ch
+                                                  : (ch * geo.height + h) * geo.width + w;
+              o[e] = bk[geo.bank_offset(p, ch, i, j)];
+            }
+          }
+        }
+      }
+    });
+  });
+  return ops.out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastattr, CPU, m) {
@@ -255,6 +306,7 @@ TORCH_LIBRARY_IMPL(fastattr, CPU, m) {
   m.impl("rise_masked_batch", &rise_masked_batch_kernel);
   m.impl("segment_masked_batch", &segment_masked_batch_kernel);
   m.impl("window_masked_batch", &window_masked_batch_kernel);
+  m.impl("block_patch_batch", &block_patch_batch_kernel);
 }
 
 }  // namespace fastattr

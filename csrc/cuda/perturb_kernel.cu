@@ -139,6 +139,53 @@ at::Tensor window_masked_batch_kernel(const at::Tensor& self, const at::Tensor& 
   return ops.out;
 }
 
+// Block patches: one thread per output element (N * S * row of them); an
+// element inside its row's block reads the bank, any other the input.
+template <typename scalar_t>
+__global__ void block_patch_batch_cuda_impl(const scalar_t* __restrict__ x, const scalar_t* __restrict__ bank,
+                                            const int64_t* __restrict__ patch_index,
+                                            const int64_t* __restrict__ blocks, scalar_t* __restrict__ out,
+                                            int64_t n, int64_t samples, int64_t row,
+                                            masks::BlockPatchGeometry geo) {
+  FASTATTR_KERNEL_LOOP(i, n) {
+    const int64_t task = i / row;
+    const int64_t e = i - task * row;
+    const int64_t k = task / samples;
+    const int64_t s = task - k * samples;
+    const int64_t p = patch_index[k], r0 = blocks[2 * k], c0 = blocks[2 * k + 1];
+    if (!geo.valid(p, r0, c0)) {
+      out[i] = masks::quiet_nan<scalar_t>();
+      continue;
+    }
+    int64_t ch, h, w;
+    geo.coords(e, ch, h, w);
+    const bool inside = h >= r0 && h < r0 + geo.bh && w >= c0 && w < c0 + geo.bw;
+    out[i] = inside ? bank[geo.bank_offset(p, ch, h - r0, w - c0)] : x[s * row + e];
+  }
+}
+
+at::Tensor block_patch_batch_kernel(const at::Tensor& self, const at::Tensor& bank, const at::Tensor& patch_index,
+                                    const at::Tensor& blocks) {
+  check_block_patch_args(self, bank, patch_index, blocks);
+  c10::cuda::CUDAGuard guard(self.device());
+  BatchOperands ops = batch_operands(self, self, patch_index.size(0));
+  const int64_t n = ops.out.numel();
+  if (n == 0) return ops.out;
+  const at::Tensor index = patch_index.contiguous();
+  const at::Tensor where = blocks.contiguous();
+  const at::Tensor patches = bank.contiguous();
+  const masks::BlockPatchGeometry geo{bank.size(0), self.size(1), self.size(2), self.size(3),
+                                      bank.size(2), bank.size(3), ops.format == at::MemoryFormat::ChannelsLast};
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, self.scalar_type(), "block_patch_batch", [&] {
+    block_patch_batch_cuda_impl<scalar_t><<<grid_for(n), kThreadsPerBlock, 0, stream>>>(
+        ops.x.const_data_ptr<scalar_t>(), patches.const_data_ptr<scalar_t>(), index.const_data_ptr<int64_t>(),
+        where.const_data_ptr<int64_t>(), ops.out.mutable_data_ptr<scalar_t>(), n, ops.samples, ops.row, geo);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return ops.out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastattr, CUDA, m) {
@@ -146,6 +193,7 @@ TORCH_LIBRARY_IMPL(fastattr, CUDA, m) {
   m.impl("rise_masked_batch", &rise_masked_batch_kernel);
   m.impl("segment_masked_batch", &segment_masked_batch_kernel);
   m.impl("window_masked_batch", &window_masked_batch_kernel);
+  m.impl("block_patch_batch", &block_patch_batch_kernel);
 }
 
 }  // namespace fastattr

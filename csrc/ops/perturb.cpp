@@ -28,4 +28,9 @@ TORCH_LIBRARY_FRAGMENT(fastattr, m) {
   m.def(
       "window_masked_batch(Tensor self, Tensor baseline, int[] window, int[] strides, "
       "int start, int count) -> Tensor");
+  // Block intervention (causal ATE, spec §2.3): step-major batch (N*S, C, H, W),
+  //   out[n*S + s] = self[s] with [:, r:r+bh, c:c+bw] := bank[patch_index[n]],
+  // (r, c) = blocks[n]; bank (P, C, bh, bw) of self's dtype. A row with a patch
+  // index outside [0, P) or a block not inside the image is NaN.
+  m.def("block_patch_batch(Tensor self, Tensor bank, Tensor patch_index, Tensor blocks) -> Tensor");
 }

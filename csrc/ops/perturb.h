@@ -259,6 +259,44 @@ struct WindowMaskSource {
   }
 };
 
+// ---------------------------------------------------------------- block patches
+// The block intervention of causal ATE (spec §2.3): row n of a batch is the
+// input with the block at blocks[n] = (row, col) replaced by the patch
+// bank[patch_index[n]] (P, C, bh, bw). In the builder's terms the mask is 0
+// inside the block and 1 outside, and the replacement ("baseline") comes from
+// the bank instead of a per-sample tensor; M is 0 or 1 so the blend is an exact
+// copy and is written as one. A row whose patch index lies outside [0, P) or
+// whose block does not lie inside the image is NaN throughout.
+struct BlockPatchGeometry {
+  int64_t n_patches, channels, height, width, bh, bw;
+  bool channels_last;
+
+  FASTATTR_HOST_DEVICE bool valid(int64_t p, int64_t r, int64_t c) const {
+    return p >= 0 && p < n_patches && r >= 0 && c >= 0 && r + bh <= height && c + bw <= width;
+  }
+
+  // (channel, row, col) of element e of a sample in memory order.
+  FASTATTR_HOST_DEVICE void coords(int64_t e, int64_t& ch, int64_t& h, int64_t& w) const {
+    if (channels_last) {
+      ch = e % channels;
+      const int64_t p = e / channels;
+      h = p / width;
+      w = p - h * width;
+    } else {
+      const int64_t plane = height * width;
+      ch = e / plane;
+      const int64_t p = e - ch * plane;
+      h = p / width;
+      w = p - h * width;
+    }
+  }
+
+  // Offset of patch p's element (ch, i, j) in a contiguous (P, C, bh, bw) bank.
+  FASTATTR_HOST_DEVICE int64_t bank_offset(int64_t p, int64_t ch, int64_t i, int64_t j) const {
+    return ((p * channels + ch) * bh + i) * bw + j;
+  }
+};
+
 }  // namespace masks
 
 // ---------------------------------------------------------------- checks
@@ -384,6 +422,33 @@ inline std::vector<int64_t> check_window_args(const at::Tensor& input, const at:
               "fastattr.window_masked_batch: start and count must select windows in [0, ", total,
               ") (start >= 0, count >= 1, start + count <= ", total, "), got start=", start, " count=", count);
   return counts;
+}
+
+// block_patch_batch: self (S, C, H, W); bank (P, C, bh, bw) of self's dtype
+// and device, 1 <= bh <= H, 1 <= bw <= W; patch_index (N,) and blocks (N, 2)
+// int64 on self's device.
+inline void check_block_patch_args(const at::Tensor& self, const at::Tensor& bank, const at::Tensor& patch_index,
+                                   const at::Tensor& blocks) {
+  constexpr const char* op = "block_patch_batch";
+  check_floating(self, "input");
+  TORCH_CHECK(self.dim() == 4, "fastattr.block_patch_batch: input must be 4-D (S, C, H, W), got a ", self.dim(),
+              "-D tensor of shape ", self.sizes());
+  TORCH_CHECK(bank.dim() == 4 && bank.size(0) >= 1 && bank.size(1) == self.size(1) && bank.size(2) >= 1 &&
+                  bank.size(3) >= 1 && bank.size(2) <= self.size(2) && bank.size(3) <= self.size(3),
+              "fastattr.block_patch_batch: bank must have shape (P, C, bh, bw) with P >= 1, C = ", self.size(1),
+              " (the input's channels) and 1 <= bh <= ", self.size(2), ", 1 <= bw <= ", self.size(3),
+              ", got shape ", bank.sizes());
+  check_same_dtype(self, "input", bank, "bank");
+  check_on_device(op, bank, "bank", self, "input");
+  check_int64(op, patch_index, "patch_index");
+  TORCH_CHECK(patch_index.dim() == 1, "fastattr.block_patch_batch: patch_index must have shape (N,), got shape ",
+              patch_index.sizes());
+  check_on_device(op, patch_index, "patch_index", self, "input");
+  check_int64(op, blocks, "blocks");
+  TORCH_CHECK(blocks.dim() == 2 && blocks.size(0) == patch_index.size(0) && blocks.size(1) == 2,
+              "fastattr.block_patch_batch: blocks must have shape (N, 2) = [", patch_index.size(0),
+              ", 2] (N = len(patch_index)), got shape ", blocks.sizes());
+  check_on_device(op, blocks, "blocks", self, "input");
 }
 
 // ---------------------------------------------------------------- operands

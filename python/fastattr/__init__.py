@@ -11,6 +11,8 @@ from . import engine, targets  # noqa: E402,F401  (the evaluation engine; target
 from .guidance import GuidedMode, guided  # noqa: E402
 from .methods import (  # noqa: E402
     METHODS,
+    causal,
+    causal_ate,
     deconvnet,
     feature_ablation,
     gnl_heatmap,

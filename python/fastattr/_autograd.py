@@ -352,3 +352,157 @@ torch.library.register_autograd(
     "fastattr::window_masked_batch", _window_masked_batch_backward,
     setup_context=_window_masked_batch_setup_context,
 )
+
+
+# --- causal ATE ------------------------------------------------------------------
+# block_patch_batch: a row is the input outside its block and the bank patch
+# inside, so grad_input[s] = sum_n g[n, s] outside block n, and grad_bank[p] =
+# sum over rows n with patch p of g[n] read at block n. Rows the op makes NaN
+# (invalid patch index or block) get no gradient.
+
+def _block_cells(blocks, bh, bw):
+    """(N, bh) rows and (N, bw) columns covered by each block."""
+    rows = blocks[:, :1] + torch.arange(bh, device=blocks.device)
+    cols = blocks[:, 1:] + torch.arange(bw, device=blocks.device)
+    return rows, cols
+
+
+def _block_patch_batch_setup_context(ctx, inputs, output):
+    self, bank, patch_index, blocks = inputs
+    ctx.input_shape, ctx.bank_shape, ctx.bank_dtype = self.shape, bank.shape, bank.dtype
+    ctx.save_for_backward(patch_index, blocks)
+
+
+def _block_patch_batch_backward(ctx, grad):
+    patch_index, blocks = ctx.saved_tensors
+    s, c, h, w = ctx.input_shape
+    n_patches, _, bh, bw = ctx.bank_shape
+    n = patch_index.shape[0]
+    acc = _acc_dtype(grad.dtype)
+    g = grad.reshape(n, s, c, h, w).to(acc)
+    valid = ((patch_index >= 0) & (patch_index < n_patches) & (blocks[:, 0] >= 0) & (blocks[:, 1] >= 0)
+             & (blocks[:, 0] <= h - bh) & (blocks[:, 1] <= w - bw))
+    rows, cols = _block_cells(blocks.clamp_min(0), bh, bw)
+    rows, cols = rows.clamp_max(h - 1), cols.clamp_max(w - 1)
+    grad_input = grad_bank = None
+    if ctx.needs_input_grad[0]:
+        in_r = (torch.arange(h, device=g.device) >= blocks[:, :1]) & (torch.arange(h, device=g.device) < blocks[:, :1] + bh)
+        in_c = (torch.arange(w, device=g.device) >= blocks[:, 1:]) & (torch.arange(w, device=g.device) < blocks[:, 1:] + bw)
+        outside = ~(in_r[:, :, None] & in_c[:, None, :]) & valid[:, None, None]  # (N, H, W)
+        grad_input = (g * outside[:, None, None].to(acc)).sum(0).to(grad.dtype)
+    if ctx.needs_input_grad[1]:
+        k = torch.arange(n, device=g.device)[:, None, None]
+        # (N, bh, bw, S, C): g[n, :, :, rows[n, i], cols[n, j]]
+        patches = g.permute(0, 3, 4, 1, 2)[k, rows[:, :, None], cols[:, None, :]].sum(3)
+        patches = patches.permute(0, 3, 1, 2) * valid[:, None, None, None].to(acc)  # (N, C, bh, bw)
+        grad_bank = torch.zeros(ctx.bank_shape, dtype=acc, device=g.device)
+        grad_bank = grad_bank.index_add(0, patch_index.clamp(0, n_patches - 1), patches).to(ctx.bank_dtype)
+    return grad_input, grad_bank, None, None
+
+
+torch.library.register_autograd(
+    "fastattr::block_patch_batch", _block_patch_batch_backward, setup_context=_block_patch_batch_setup_context
+)
+
+
+# region_outcome: with q the (thresholded) prediction, S = Σ q + Σ g + 1e-10
+# and I = Σ q g over the RoI, (soft) Dice D = 200 I / S has dD/dg = 200 (q S - I)
+# / S^2 and, for soft Dice, dD/dp = 200 (g S - I) / S^2; mean_prob M = 100 Σ p / n
+# has dM/dp = 100 / n. dice is piecewise constant in the output (zero
+# gradient); an empty_is_one row with nothing predicted or true is constant.
+# The activation's derivative is applied last.
+
+def _outcome_probabilities(output, channel, activation):
+    """(p over all K channels in opmath, the selected channel slice)."""
+    z = output.to(torch.float64)
+    if activation == "sigmoid":
+        p = torch.sigmoid(z)
+    elif activation == "softmax":
+        p = torch.softmax(z, dim=1)
+    else:
+        p = z
+    sel = slice(None) if channel < 0 else slice(channel, channel + 1)
+    return p, sel
+
+
+def _region_outcome_setup_context(ctx, inputs, output):
+    out, roi, gt, channel, outcome, activation, threshold, empty_is_one = inputs
+    ctx.args = (channel, outcome, activation, threshold, empty_is_one)
+    ctx.out_dtype, ctx.gt_dtype = out.dtype, gt.dtype
+    ctx.save_for_backward(out, roi, gt)
+
+
+def _region_outcome_backward(ctx, grad):
+    out, roi, gt = ctx.saved_tensors
+    channel, outcome, activation, threshold, empty_is_one = ctx.args
+    p_all, sel = _outcome_probabilities(out, channel, activation)
+    p = p_all[:, sel]  # (R, G, H, W)
+    w = roi.to(torch.float64)
+    g = gt.to(torch.float64)[None]
+    go = grad.to(torch.float64)[:, None, None, None]
+    grad_out = grad_gt = None
+    if outcome == "mean_prob":
+        count = w.sum() * p.shape[1]
+        grad_p = go * (100.0 * w / count.clamp_min(1)).expand_as(p)
+    else:
+        q = (p > threshold).to(torch.float64) if outcome == "dice" else p
+        s = (q * w).sum((1, 2, 3)) + (g * w).sum() + 1e-10
+        inter = (q * g * w).sum((1, 2, 3))
+        live = torch.ones_like(s) if not empty_is_one else ((s - 1e-10) != 0).to(torch.float64)
+        scale = (200.0 / s ** 2 * live)[:, None, None, None] * go
+        if ctx.needs_input_grad[2]:
+            grad_gt = (scale * w * (q * s[:, None, None, None] - inter[:, None, None, None])).sum(0)
+            grad_gt = grad_gt.to(ctx.gt_dtype)
+        grad_p = scale * w * (g * s[:, None, None, None] - inter[:, None, None, None])
+        if outcome == "dice":
+            grad_p = torch.zeros_like(grad_p)
+    if ctx.needs_input_grad[0]:
+        full = torch.zeros_like(p_all)
+        full[:, sel] = grad_p
+        if activation == "sigmoid":
+            full = full * p_all * (1 - p_all)
+        elif activation == "softmax":
+            full = p_all * (full - (full * p_all).sum(1, keepdim=True))
+        grad_out = full.to(ctx.out_dtype)
+    return grad_out, None, grad_gt, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "fastattr::region_outcome", _region_outcome_backward, setup_context=_region_outcome_setup_context
+)
+
+
+# causal_ate_map: a kept cell's value is mean_s(full - base), so it passes
+# 1/n_samples of the gradient summed over its pixels to each of its full
+# outcomes and minus that sum to base; pruned and unvisited cells pass nothing
+# (screening decides, it has no gradient).
+
+def _causal_ate_map_setup_context(ctx, inputs, output):
+    screen, full, base, visited, block, tau = inputs
+    ctx.block, ctx.tau = list(block), tau
+    ctx.save_for_backward(screen, full, base, visited)
+
+
+def _causal_ate_kept(screen, full, base, visited, tau):
+    """(B, gh, gw) bool: cells whose value is their ATE (the kernels' rule)."""
+    b = base[:, None, None, None]
+    passed = ~(((screen - b).abs() < tau).all(-1))
+    ate = (full - b).mean(-1)
+    return visited & passed & ~(ate.abs() < tau)
+
+
+def _causal_ate_map_backward(ctx, grad):
+    screen, full, base, visited = ctx.saved_tensors
+    bh, bw = ctx.block
+    b, gh, gw, n1 = full.shape
+    acc = _acc_dtype(grad.dtype)
+    kept = _causal_ate_kept(screen.to(acc), full.to(acc), base.to(acc), visited, ctx.tau).to(acc)
+    per_cell = grad.to(acc).reshape(b, gh, bh, gw, bw).sum((2, 4)) * kept  # (B, gh, gw)
+    grad_full = (per_cell[..., None] / n1).expand(b, gh, gw, n1).to(full.dtype) if ctx.needs_input_grad[1] else None
+    grad_base = (-per_cell.sum((1, 2))).to(base.dtype) if ctx.needs_input_grad[2] else None
+    return None, grad_full, grad_base, None, None, None
+
+
+torch.library.register_autograd(
+    "fastattr::causal_ate_map", _causal_ate_map_backward, setup_context=_causal_ate_map_setup_context
+)

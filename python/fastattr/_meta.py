@@ -20,6 +20,8 @@ ops' headers), so that a compiled graph lays its buffers out as eager does:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch._prims_common import suggest_memory_format
 
@@ -303,3 +305,91 @@ def _window_masked_batch_fake(self, baseline, window, strides, start, count):
                  lambda: f"fastattr.{op}: start and count must select windows in [0, {total}) (start >= 0, count >= 1, "
                          f"start + count <= {total}), got start={start} count={count}")
     return _masked_batch_out(self, count)
+
+
+# --- causal ATE (csrc/ops/perturb.h: block patches; csrc/ops/causal.h) --------------
+
+@torch.library.register_fake("fastattr::block_patch_batch")
+def _block_patch_batch_fake(self, bank, patch_index, blocks):
+    op = "block_patch_batch"
+    _check_floating(self, "input")
+    torch._check(self.dim() == 4, lambda: f"fastattr.{op}: input must be 4-D (S, C, H, W), got a {self.dim()}-D tensor "
+                                          f"of shape {_shape(self)}")
+    _, c, h, w = self.shape
+    torch._check(bank.dim() == 4 and bank.shape[0] >= 1 and bank.shape[1] == c and bank.shape[2] >= 1
+                 and bank.shape[3] >= 1 and bank.shape[2] <= h and bank.shape[3] <= w,
+                 lambda: f"fastattr.{op}: bank must have shape (P, C, bh, bw) with P >= 1, C = {c} (the input's channels) "
+                         f"and 1 <= bh <= {h}, 1 <= bw <= {w}, got shape {_shape(bank)}")
+    torch._check(self.dtype == bank.dtype,
+                 lambda: f"fastattr: input and bank must have the same dtype, got {self.dtype} and {bank.dtype}")
+    _check_on_device(op, bank, "bank", self, "input")
+    _check_int64(op, patch_index, "patch_index")
+    torch._check(patch_index.dim() == 1, lambda: f"fastattr.{op}: patch_index must have shape (N,), got shape "
+                                                 f"{_shape(patch_index)}")
+    _check_on_device(op, patch_index, "patch_index", self, "input")
+    _check_int64(op, blocks, "blocks")
+    torch._check(blocks.dim() == 2 and blocks.shape[0] == patch_index.shape[0] and blocks.shape[1] == 2,
+                 lambda: f"fastattr.{op}: blocks must have shape (N, 2) = [{patch_index.shape[0]}, 2] (N = len(patch_index)), "
+                         f"got shape {_shape(blocks)}")
+    _check_on_device(op, blocks, "blocks", self, "input")
+    return _masked_batch_out(self, patch_index.shape[0])
+
+
+_OUTCOMES = ("dice", "soft_dice", "mean_prob")
+_OUTCOME_ACTIVATIONS = ("none", "sigmoid", "softmax")
+
+
+@torch.library.register_fake("fastattr::region_outcome")
+def _region_outcome_fake(output, roi, gt, channel, outcome, activation, threshold, empty_is_one):
+    op = "region_outcome"
+    _check_floating(output, "output")
+    torch._check(output.dim() == 4 and output.shape[1] >= 1,
+                 lambda: f"fastattr.{op}: output must be a segmentation map (R, K, H, W) with K >= 1, got shape {_shape(output)}")
+    k, h, w = output.shape[1:]
+    torch._check(-1 <= channel < k, lambda: f"fastattr.{op}: channel must be -1 (every channel) or in [0, {k}) for an "
+                                            f"output with {k} channels, got {channel}")
+    torch._check(outcome in _OUTCOMES, lambda: f"fastattr.{op}: outcome must be 'dice', 'soft_dice' or 'mean_prob', "
+                                               f"got '{outcome}'")
+    torch._check(activation in _OUTCOME_ACTIVATIONS, lambda: f"fastattr.{op}: activation must be 'none', 'sigmoid' or "
+                                                            f"'softmax', got '{activation}'")
+    torch._check(roi.dtype == torch.bool, lambda: f"fastattr.{op}: roi must be a bool tensor, got {roi.dtype}")
+    torch._check(roi.dim() == 2 and roi.shape[0] == h and roi.shape[1] == w,
+                 lambda: f"fastattr.{op}: roi must have shape (H, W) = [{h}, {w}], got shape {_shape(roi)}")
+    _check_on_device(op, roi, "roi", output, "output")
+    selected = k if channel < 0 else 1
+    torch._check(gt.dtype.is_floating_point, lambda: f"fastattr.{op}: gt must be a floating-point tensor, got {gt.dtype}")
+    torch._check(gt.dim() == 3 and gt.shape[0] == selected and gt.shape[1] == h and gt.shape[2] == w,
+                 lambda: f"fastattr.{op}: gt must have shape (G, H, W) = [{selected}, {h}, {w}] (G = 1 for one channel, "
+                         f"K for every channel), got shape {_shape(gt)}")
+    _check_on_device(op, gt, "gt", output, "output")
+    return output.new_empty((output.shape[0],))
+
+
+@torch.library.register_fake("fastattr::causal_ate_map")
+def _causal_ate_map_fake(screen, full, base, visited, block, tau):
+    op = "causal_ate_map"
+    _check_floating(screen, "screen")
+    torch._check(screen.dim() == 4 and screen.shape[3] >= 1,
+                 lambda: f"fastattr.{op}: screen must have shape (B, gh, gw, n_screen) with n_screen >= 1, got shape "
+                         f"{_shape(screen)}")
+    b, gh, gw = screen.shape[:3]
+    torch._check(full.dim() == 4 and full.shape[:3] == screen.shape[:3] and full.shape[3] >= 1,
+                 lambda: f"fastattr.{op}: full must have shape (B, gh, gw, n_samples) = [{b}, {gh}, {gw}, n_samples] with "
+                         f"n_samples >= 1, got shape {_shape(full)}")
+    torch._check(screen.dtype == full.dtype,
+                 lambda: f"fastattr: screen and full must have the same dtype, got {screen.dtype} and {full.dtype}")
+    torch._check(screen.device == full.device,
+                 lambda: f"fastattr: screen and full must be on the same device, got {screen.device} and {full.device}")
+    torch._check(base.dim() == 1 and base.shape[0] == b,
+                 lambda: f"fastattr.{op}: base must have shape (B,) = [{b}], got shape {_shape(base)}")
+    torch._check(screen.dtype == base.dtype,
+                 lambda: f"fastattr: screen and base must have the same dtype, got {screen.dtype} and {base.dtype}")
+    _check_on_device(op, base, "base", screen, "screen")
+    torch._check(visited.dtype == torch.bool, lambda: f"fastattr.{op}: visited must be a bool tensor, got {visited.dtype}")
+    torch._check(visited.dim() == 3 and visited.shape == screen.shape[:3],
+                 lambda: f"fastattr.{op}: visited must have shape (B, gh, gw) = {[b, gh, gw]}, got shape {_shape(visited)}")
+    _check_on_device(op, visited, "visited", screen, "screen")
+    torch._check(len(block) == 2 and block[0] >= 1 and block[1] >= 1,
+                 lambda: f"fastattr.{op}: block must be two positive ints (bh, bw), got {list(block)}")
+    torch._check(math.isfinite(tau) and tau >= 0, lambda: f"fastattr.{op}: tau must be finite and >= 0, got {tau}")
+    return screen.new_empty((b, gh * block[0], gw * block[1]))

@@ -323,3 +323,70 @@ def window_masked_batch(input: Tensor, baseline: Tensor | float, window, strides
         count = total - start
     return torch.ops.fastattr.window_masked_batch.default(input, _as_baseline(baseline, input), window, strides,
                                                           int(start), int(count))
+
+
+# --- causal ATE (spec §2): block interventions, region outcomes, ATE maps -------------
+
+def block_patch_batch(input: Tensor, bank: Tensor, patch_index: Tensor | Sequence[int],
+                      blocks: Tensor | Sequence[Sequence[int]], *, check: bool = True) -> Tensor:
+    """Step-major batch of block interventions ``(N * S, C, H, W)`` for ``input``
+    (S, C, H, W): row ``n*S + s`` is ``input[s]`` with the block at ``blocks[n] =
+    (row, col)`` replaced by the patch ``bank[patch_index[n]]`` (``bank``: (P, C, bh, bw)
+    of input's dtype). The perturbation builder with a patch bank as the replacement
+    source: exact copies, in input's suggested memory format, no Python loop over
+    blocks. Patch indices in [0, P) and blocks inside the image are checked unless
+    ``check=False`` (the op makes such a row NaN). Differentiable w.r.t. input and bank."""
+    patch_index, blocks = _index_tensor(patch_index, input, "patch_index"), _index_tensor(blocks, input, "blocks")
+    out = torch.ops.fastattr.block_patch_batch.default(input, bank, patch_index, blocks)
+    if _checking(check) and patch_index.numel():
+        n_patches, (bh, bw) = bank.shape[0], bank.shape[-2:]
+        h, w = input.shape[-2:]
+        bad_index = (patch_index < 0) | (patch_index >= n_patches)
+        bad_block = (blocks[:, 0] < 0) | (blocks[:, 1] < 0) | (blocks[:, 0] > h - bh) | (blocks[:, 1] > w - bw)
+        if bool((bad_index | bad_block).any()):
+            if bool(bad_index.any()):
+                raise ValueError(f"fastattr.block_patch_batch: patch_index must lie in [0, P) = [0, {n_patches}), "
+                                 f"got values {_range_text(patch_index)}")
+            raise ValueError(f"fastattr.block_patch_batch: blocks must place the {bh}x{bw} patch inside the {h}x{w} "
+                             f"image (rows in [0, {h - bh}], columns in [0, {w - bw}]), got rows "
+                             f"{_range_text(blocks[:, 0])} and columns {_range_text(blocks[:, 1])}")
+    return out
+
+
+OUTCOMES = ("dice", "soft_dice", "mean_prob")
+OUTCOME_ACTIVATIONS = ("none", "sigmoid", "softmax")
+
+
+def region_outcome(output: Tensor, roi: Tensor, gt: Tensor, channel: int | None = None, outcome: str = "dice",
+                   activation: str | None = None, threshold: float = 0.5, empty_is_one: bool = False) -> Tensor:
+    """The causal outcome of each row of a segmentation output ``(R, K, H, W)``, in one
+    pass per row, ``(R,)`` in output's dtype (sums in double), over the bool RoI
+    ``roi`` (H, W) and channel ``channel`` (``None``: every channel) against ``gt``
+    ((1, H, W) for one channel, (K, H, W) for all; an (H, W) map is accepted):
+
+    - ``"dice"``: ``100 * 2 Σ q g / (Σ q + Σ g + 1e-10)``, ``q = 1[p > threshold]``
+      (the reference; an empty prediction with an empty ground truth gives 0,
+      or 100 with ``empty_is_one``);
+    - ``"soft_dice"``: the same with ``q = p``;
+    - ``"mean_prob"``: ``100 *`` the mean of ``p`` over the RoI and channels;
+
+    with ``p = activation(output)``: ``None``/``"none"`` (raw scores, the
+    reference thresholds them at 0.5), ``"sigmoid"`` or ``"softmax"`` (over dim 1).
+    Differentiable w.r.t. output (soft_dice, mean_prob; dice is piecewise
+    constant there) and gt."""
+    gt = gt.unsqueeze(0) if gt.dim() == 2 else gt
+    return torch.ops.fastattr.region_outcome.default(output, roi, gt, -1 if channel is None else int(channel), outcome,
+                                                    "none" if activation is None else activation, float(threshold),
+                                                    bool(empty_is_one))
+
+
+def causal_ate_map(screen: Tensor, full: Tensor, base: Tensor, visited: Tensor, block, tau: float = 0.02) -> Tensor:
+    """The ATE map ``(B, gh*bh, gw*bw)`` (spec §2.3) from per-cell outcomes: ``screen``
+    (B, gh, gw, n_screen) and ``full`` (B, gh, gw, n_samples) under intervention,
+    ``base`` (B,) factual, ``visited`` (B, gh, gw) bool (False: RoI cells, 0). A
+    visited cell whose screening has some ``|screen - base| >= tau`` gets
+    ``ate = mean(full - base)`` on its ``block = (bh, bw)`` pixels if ``|ate| >= tau``;
+    every other pixel is 0 (``full`` of other cells is never read). Differentiable
+    w.r.t. full and base."""
+    return torch.ops.fastattr.causal_ate_map.default(screen, full, base, visited, _int_pair(block, "block"),
+                                                    float(tau))

@@ -237,3 +237,69 @@ def window_masked_batch(input: Tensor, baseline: Tensor, window: Sequence[int], 
         region = tuple(slice(i * s, i * s + w) for i, s, w in zip(corner, strides, window))
         masks[(k, *region)] = 0
     return _masked_batch(input, baseline, masks[:, None])
+
+
+# --- causal ATE (spec §2.3: block interventions, RoI Dice, ATE screening and pruning) ---
+
+def block_patch_batch(input: Tensor, bank: Tensor, patch_index: Tensor, blocks: Tensor) -> Tensor:
+    """Row ``n*S + s``: ``input[s]`` with ``[:, r:r+bh, c:c+bw] = bank[patch_index[n]]``,
+    ``(r, c) = blocks[n]``, one slice assignment per row as the reference loop
+    writes it; NaN rows for an index outside [0, P) or a block not inside the image."""
+    s, _, h, w = input.shape
+    n_patches, _, bh, bw = bank.shape
+    rows = []
+    for p, (r, c) in zip(patch_index.tolist(), blocks.tolist()):
+        x = input.clone()
+        if 0 <= p < n_patches and 0 <= r <= h - bh and 0 <= c <= w - bw:
+            x[:, :, r:r + bh, c:c + bw] = bank[p]
+        else:
+            x.fill_(float("nan"))
+        rows.append(x)
+    return torch.cat(rows) if rows else input.new_empty((0, *input.shape[1:]))
+
+
+def region_outcome(output: Tensor, roi: Tensor, gt: Tensor, channel: int, outcome: str, activation: str,
+                   threshold: float, empty_is_one: bool) -> Tensor:
+    """Per row: ``100 * Dice(1[p > threshold], gt)`` over the RoI (spec §2.2: sums
+    over channels and pixels, ``2 Σ pg / (Σ p + Σ g + 1e-10)``, 0 when both are
+    empty unless ``empty_is_one``), the soft Dice of ``p``, or 100 x the mean of
+    ``p``; ``p`` = raw / sigmoid / softmax(dim 1) of the output, channel
+    ``channel`` (-1: all). Computed in float64, returned in output's dtype."""
+    z = output.to(torch.float64)
+    p = {"none": z, "sigmoid": torch.sigmoid(z), "softmax": torch.softmax(z, dim=1)}[activation]
+    if channel >= 0:
+        p = p[:, channel:channel + 1]
+    p = p[:, :, roi]  # (R, G, pixels)
+    g = gt.to(torch.float64)[:, roi][None]
+    if outcome == "mean_prob":
+        value = 100 * p.mean((1, 2)) if p.shape[-1] else torch.zeros(p.shape[0], dtype=torch.float64)
+        return value.to(output.dtype)
+    q = (p > threshold).to(torch.float64) if outcome == "dice" else p
+    total = q.sum((1, 2)) + g.sum((1, 2))
+    dice = 100 * 2 * (q * g).sum((1, 2)) / (total + 1e-10)
+    if empty_is_one:
+        dice = torch.where(total == 0, torch.full_like(dice, 100.0), dice)
+    return dice.to(output.dtype)
+
+
+def causal_ate_map(screen: Tensor, full: Tensor, base: Tensor, visited: Tensor, block: Sequence[int],
+                   tau: float) -> Tensor:
+    """The ATE map, cell by cell as the reference loop decides it: 0 unless the cell
+    is visited, some screening ``|Y - base| >= tau`` (not all below tau) and
+    ``|mean(Y_full - base)| >= tau``; then that mean on the cell's pixels."""
+    bh, bw = block
+    b, gh, gw, _ = screen.shape
+    out = torch.zeros((b, gh * bh, gw * bw), dtype=screen.dtype, device=screen.device)
+    for img in range(b):
+        for i in range(gh):
+            for j in range(gw):
+                if not bool(visited[img, i, j]):
+                    continue
+                d0 = screen[img, i, j] - base[img]
+                if bool((d0.abs() < tau).all()):
+                    continue
+                ate = (full[img, i, j] - base[img]).mean()
+                if bool(ate.abs() < tau):
+                    continue
+                out[img, i * bh:(i + 1) * bh, j * bw:(j + 1) * bw] = ate
+    return out

@@ -70,6 +70,11 @@ class Region:
             self._masks = masks if masks.dim() == 4 else masks.unsqueeze(1)
 
     @property
+    def masks(self) -> Tensor | None:
+        """The region weights (B, 1 or C, H, W) (None for boxes)."""
+        return self._masks
+
+    @property
     def n_images(self) -> int:
         return (self._masks if self._masks is not None else self.boxes).shape[0]
 

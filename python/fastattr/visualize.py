@@ -127,13 +127,42 @@ def overlay(image: Tensor, attribution: Tensor, alpha: float = 0.8, cmap: str = 
     return out
 
 
-def save_heatmap(path: str | os.PathLike, image: Tensor, attribution: Tensor, **options) -> Path:
-    """Write :func:`overlay` as a PNG at ``path``, atomically (temporary file, then rename)."""
+def causal_colours(heat: Tensor | np.ndarray) -> np.ndarray:
+    """PdCR's colouring of an ATE map (H, W) (spec §2.4): with ``h = heat /
+    max|heat|``, negative effects (the block supports the RoI's segmentation)
+    ``(1, 1 + h, 1 + h)`` (red), positive ``(1 - h, 1 - h, 1)`` (blue), zero
+    white; (H, W, 3) float in [0, 1]."""
+    h = np.asarray(torch.as_tensor(heat).detach().cpu().double().squeeze())
+    top = np.abs(h).max()
+    h = h / top if top > 0 else h
+    neg, pos = np.minimum(h, 0), np.maximum(h, 0)
+    return np.stack([1 - pos, 1 + neg - pos, 1 + neg], -1).clip(0, 1)
+
+
+def causal_overlay(image: Tensor, heat: Tensor, scale: int = 1) -> Image.Image:
+    """The image tinted by :func:`causal_colours` (multiplied: white keeps it)."""
+    base = np.asarray(to_pil(image), dtype=np.float32)
+    colours = causal_colours(heat)
+    if colours.shape[:2] != base.shape[:2]:
+        raise ValueError(f"fastattr.visualize: the map is {colours.shape[:2]} but the image is {base.shape[:2]}")
+    out = Image.fromarray((base * colours + 0.5).clip(0, 255).astype(np.uint8), "RGB")
+    if scale != 1:
+        out = out.resize((out.width * scale, out.height * scale), Image.NEAREST)
+    return out
+
+
+def save_heatmap(path: str | os.PathLike, image: Tensor, attribution: Tensor, style: str = "heat",
+                 **options) -> Path:
+    """Write :func:`overlay` (``style="heat"``) or :func:`causal_overlay`
+    (``style="causal"``, signed ATE maps) as a PNG at ``path``, atomically
+    (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        overlay(image, attribution, **options).save(tmp, format="PNG")
+        picture = causal_overlay(image, attribution, **options) if style == "causal" else overlay(
+            image, attribution, **options)
+        picture.save(tmp, format="PNG")
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -34,7 +34,13 @@ DEMO_METHODS = (
     ("smooth_grad", {"n_samples": 16, "stdevs": 0.15}),
     ("rise", {"n_masks": 1000, "grid_size": 7}),
     ("occlusion", {"sliding_window_shapes": [3, 8, 8], "strides": [3, 4, 4]}),
+    # PdCR (segmentation only): 16x16 cells and few draws, to stay fast on a CPU.
+    ("causal_ate", {"roi": "lesions", "block": 16, "n_screen": 2, "n_samples": 8, "bank_images": 4,
+                    "per_image": 16}),
 )
+# Methods that explain only some data sets, and the --target their jobs use.
+DEMO_ONLY = {"causal_ate": ("lesions",)}
+DEMO_TARGET = {"causal_ate": "label"}
 DEMO_SETS = (("shapes", "shapes-vgg"), ("lesions", "lesions-unet"))
 
 
@@ -57,7 +63,7 @@ def run_demo(out: str = "fastattr-out/demo", n_shapes: int = 8, n_lesions: int =
 
 def _demo(out, n_shapes, n_lesions, device, quiet, n_steps, n_samples, file) -> dict:
     from .. import data, models
-    from ..methods import METHODS
+    from ..methods import CAUSAL_METHODS, METHODS
     from .loading import load_model
     from .reader import open_output
 
@@ -90,7 +96,10 @@ def _demo(out, n_shapes, n_lesions, device, quiet, n_steps, n_samples, file) -> 
         originals = [visualize.to_pil(im, scale) for im in images]
         columns, entries = {}, None
         for method, options in methods:
+            if dataset not in DEMO_ONLY.get(method, (dataset,)):
+                continue
             cfg = JobConfig(model=model_name, data=f"bundled:{dataset}", method=method, method_options=options,
+                            target=DEMO_TARGET.get(method, "auto"),
                             out=str(out / dataset / method), limit=n, shard_size=max(n, 1), batch_size=8,
                             device=device, overwrite=True, quiet=True, progress=False)
             if not quiet:
@@ -106,7 +115,10 @@ def _demo(out, n_shapes, n_lesions, device, quiet, n_steps, n_samples, file) -> 
                 "forward_passes_per_image": stats["forward_rows_per_image"],
                 "output": cfg.out,
             })
-            tiles = [visualize.overlay(images[i], attributions[i], scale=scale) for i in range(n)]
+            if method in CAUSAL_METHODS:
+                tiles = [visualize.causal_overlay(images[i], attributions[i], scale=scale) for i in range(n)]
+            else:
+                tiles = [visualize.overlay(images[i], attributions[i], scale=scale) for i in range(n)]
             columns[method] = tiles
             if entries is None:
                 entries = result.images  # targets (predicted class / foreground) for the overview labels

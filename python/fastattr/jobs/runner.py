@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..guidance import check_guidable
-from ..methods import uses_guided_rules
+from ..methods import heatmap_style, uses_guided_rules
 from . import distributed
 from .loading import CountingModel, infer_task, input_size, load_model, model_info, weights_digest
 from .sources import BUNDLED_PREFIX, BundledSource, ImageFolderSource, collate, open_source
@@ -379,7 +379,7 @@ def _run_shard(cfg, k, indices, n_batches, batches, model, fn, call_options, gen
         images = torch.cat(images_for_heatmaps)
         for row, rec in enumerate(records):
             rel = heatmap_relpath(rec["index"], rec["id"], k)
-            save_heatmap(store.out / rel, images[row], attributions[row].float())
+            save_heatmap(store.out / rel, images[row], attributions[row].float(), style=heatmap_style(cfg.method))
             rec["heatmap"] = rel
     # One metadata key: safetensors writes several keys in an arbitrary order.
     metadata = {"fastattr": json.dumps({"fingerprint": store.fingerprint, "shard": k,

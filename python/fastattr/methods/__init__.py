@@ -3,6 +3,8 @@
 and returns attributions shaped like ``inputs``, or one map per image,
 (B, 1, H, W), for the mask-sampling methods RISE and MFPP."""
 
+from . import causal  # noqa: F401  (fastattr.causal: causal_ate, component_ate, patch_bank)
+from .causal import causal_ate, causal_ate_job, component_ate
 from .gradients import deconvnet, guided_backprop, input_x_gradient, saliency
 from .integrated_gradients import gnl_heatmap, gnl_integrated_gradients, integrated_gradients
 from .perturbation import feature_ablation, mfpp, occlusion, rise
@@ -22,6 +24,7 @@ METHODS = {
     "feature_ablation": feature_ablation,
     "rise": rise,
     "mfpp": mfpp,
+    "causal_ate": causal_ate_job,
 }
 
 # Methods whose gradients follow fastattr.guided's rules: they cannot run on
@@ -35,3 +38,13 @@ def uses_guided_rules(name: str, options: dict) -> bool:
     if name in GUIDED_METHODS:
         return True
     return name == "smooth_grad" and options.get("base") in GUIDED_METHODS
+
+
+# Methods whose maps are signed causal effects, drawn with PdCR's red/blue
+# colouring (fastattr.visualize.causal_overlay) instead of a heat colour map.
+CAUSAL_METHODS = frozenset({"causal_ate"})
+
+
+def heatmap_style(name: str) -> str:
+    """The heatmap style of method ``name``'s maps (fastattr.visualize.save_heatmap)."""
+    return "causal" if name in CAUSAL_METHODS else "heat"
