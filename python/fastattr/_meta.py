@@ -303,3 +303,30 @@ def _window_masked_batch_fake(self, baseline, window, strides, start, count):
                  lambda: f"fastattr.{op}: start and count must select windows in [0, {total}) (start >= 0, count >= 1, "
                          f"start + count <= {total}), got start={start} count={count}")
     return _masked_batch_out(self, count)
+
+
+# --- progressive masking (csrc/ops/rank_masked_batch.h) -----------------------------
+
+_INT64_MAX = 2**63 - 1
+
+
+@torch.library.register_fake("fastattr::rank_masked_batch")
+def _rank_masked_batch_fake(self, baseline, ranks, step, start, count):
+    op = "rank_masked_batch"
+    _check_batch_operands(op, self, baseline)
+    torch._check(self.dim() == 4, lambda: f"fastattr.{op}: input must be 4-D (S, C, H, W), got a {self.dim()}-D "
+                                          f"tensor of shape {_shape(self)}")
+    _check_int64(op, ranks, "ranks")
+    _check_on_device(op, ranks, "ranks", self, "input")
+    s, _, h, w = self.shape
+    torch._check(ranks.dim() == 3 and (ranks.shape[0] == 1 or ranks.shape[0] == s) and ranks.shape[1] == h
+                 and ranks.shape[2] == w,
+                 lambda: f"fastattr.{op}: ranks must have shape [1, {h}, {w}] or [{s}, {h}, {w}] (one rank map shared "
+                         f"by all samples, or one per sample), got {_shape(ranks)}")
+    torch._check(step >= 1, lambda: f"fastattr.{op}: step must be at least 1, got {step}")
+    torch._check(start >= 0 and count >= 1,
+                 lambda: f"fastattr.{op}: start must be >= 0 and count >= 1, got start={start} count={count}")
+    torch._check(start + count - 1 <= _INT64_MAX // step,
+                 lambda: f"fastattr.{op}: (start + count - 1) * step overflows int64 (start={start}, count={count}, "
+                         f"step={step})")
+    return _masked_batch_out(self, count)
