@@ -358,3 +358,16 @@ def test_pointing_game_errors():
         metrics.pointing_game(sal, torch.ones(2, 4, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="tolerance must be a number >= 0"):
         metrics.pointing_game(sal, torch.ones(2, 5, 5, dtype=torch.bool), tolerance=-1)
+
+
+def test_a_coarser_step_reads_every_kth_image_of_the_curve():
+    """Step k*s removes t*k*s pixels at its step t, which the curve at step s
+    reaches at step k*t: when k*s tiles H*W, the coarse curve is every k-th
+    score of the fine one (benchmarks/seed_claim.py reads RISE's 8-row step off
+    the protocol's 1-row curve this way)."""
+    net = classifier(seed=19)
+    x, sal = data(b=2, h=8, w=12, seed=20)
+    fine, _ = metrics.insertion(net, x, sal, step=12)  # 8 steps
+    coarse, area = metrics.insertion(net, x, sal, step=48)  # 2 steps
+    torch.testing.assert_close(coarse, fine[:, ::4], rtol=0, atol=1e-14)
+    torch.testing.assert_close(area, metrics.auc(fine[:, ::4]), rtol=0, atol=1e-14)
