@@ -14,7 +14,8 @@ ops' headers), so that a compiled graph lays its buffers out as eager does:
   ``ig_path_inputs``: contiguous in the suggested memory format of self,
   grad_output and input respectively (channels_last in, channels_last out);
 - the masked batches (``rise_masked_batch``, ``segment_masked_batch``,
-  ``window_masked_batch``): contiguous in input's suggested memory format, like
+  ``window_masked_batch``, ``rank_masked_batch``): contiguous in input's
+  suggested memory format, like
   ``ig_path_inputs``; ``rise_masks``: contiguous (N, H, W).
 """
 
