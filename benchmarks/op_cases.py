@@ -406,6 +406,7 @@ def _empty_window_masked_batch(device, dtype, variant):
     e = torch.empty(0, 3, 10, 12, device=device, dtype=dtype)
     return (e, e.clone(), list(window), list(strides), start, count)
 
+
 # --- causal ATE (spec §2): the PdCR block intervention, RoI outcome, ATE map ------
 # Large: the bundled U-Net's 128x128 images, 48 intervened rows per pass (one
 # full-sample set of 50 is about that), patches from a 1000-patch bank of 8x8
@@ -481,6 +482,36 @@ def _build_causal_ate_map(device, dtype, small, variant):
 def _empty_causal_ate_map(device, dtype, variant):
     screen, full, base, visited, block, tau = _build_causal_ate_map(device, dtype, True, variant)
     return (screen[:0], full[:0], base[:0], visited[:0], block, tau)
+
+
+# Progressive masking (deletion / insertion, spec §3.4): one 224x224 image, 64
+# steps of one row (224 pixels) each from step 80 on. Small: per-sample rank
+# maps and the whole curve (step 13 over 120 pixels: 11 steps, the last all
+# baseline), or one shared map and a chunk from step 3 on.
+_RANK_VARIANTS = {
+    # variant: (small step, start, count), (large ...)
+    "per-sample-full-curve": ((13, 0, 11), (224, 80, 64)),
+    "shared-chunk": ((7, 3, 4), (224, 80, 64)),
+}
+
+
+def _random_ranks(lead, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(h * w, generator=g) for _ in range(lead)]).view(lead, h, w)
+
+
+def _build_rank_masked_batch(device, dtype, small, variant):
+    shape = (2, 3, 10, 12) if small else (1, 3, 224, 224)
+    step, start, count = _RANK_VARIANTS[variant][0 if small else 1]
+    lead = shape[0] if variant.startswith("per-sample") else 1
+    return (_rand(shape, device, dtype, 17), _rand(shape, device, dtype, 18, scale=0.5),
+            _random_ranks(lead, *shape[2:], 19).to(device), step, start, count)
+
+
+def _empty_rank_masked_batch(device, dtype, variant):
+    step, start, count = _RANK_VARIANTS[variant][0]
+    e = torch.empty(0, 3, 10, 12, device=device, dtype=dtype)
+    return (e, e.clone(), _random_ranks(1, 10, 12, 19).to(device), step, start, count)
 
 
 CASES: dict[str, OpCase] = {
@@ -582,6 +613,12 @@ CASES: dict[str, OpCase] = {
                 * block[0] * block[1] * screen.element_size()),
             autograd="differentiable", layout_args=(0, 1),
             layouts=("contiguous", "transposed", "sliced"),  # (B, gh, gw, n) outcome tables and a (B, H, W) map
+        ),
+        OpCase(
+            "fastattr::rank_masked_batch", "64 deletion steps of 224 pixels x (1,3,224,224)",
+            _build_rank_masked_batch, _empty_rank_masked_batch,
+            bytes_moved=lambda x, b, ranks, step, start, count: (2 + count) * nbytes(x) + nbytes(ranks),
+            autograd="differentiable", layout_args=(0, 1), variants=tuple(_RANK_VARIANTS),
         ),
     )
 }

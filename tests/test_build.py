@@ -46,6 +46,7 @@ def test_ops_are_registered():
         "fastattr::ig_path_inputs", "fastattr::ig_accumulate_",
         "fastattr::rise_masks", "fastattr::rise_masked_batch",
         "fastattr::segment_masked_batch", "fastattr::window_masked_batch",
+        "fastattr::rank_masked_batch",
     }
     assert fastattr.ops.has_ops()
     assert expected <= set(COMPUTE_OPS)

@@ -194,7 +194,11 @@ def test_demo_runs(tmp_path, capsys):
     # PdCR's causal_ate explains the segmentation set only, against its masks.
     assert {r["data"] for r in summary["rows"] if r["method"] == "causal_ate"} == {"lesions"}
     assert (out / "lesions-causal_ate.png").exists()
-    assert all("auc" not in k.lower() for r in summary["rows"] for k in r)
+    for r in summary["rows"]:  # the metrics of every method (probabilities: AUCs in [0, 1] for classes)
+        assert r["deletion_auc"] is not None and r["insertion_auc"] is not None, r
+        if r["data"] == "shapes":
+            assert 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1 and 0 <= r["pointing_rate"] <= 1
+    assert "insertion AUC" in printed
     for g in summary["grids"]:
         with Image.open(g) as im:
             im.verify()

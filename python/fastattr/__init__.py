@@ -2,7 +2,8 @@
 
 The compiled ops live in ``torch.ops.fastattr`` (typed wrappers in
 :mod:`fastattr.ops`), their pure-PyTorch references in :mod:`fastattr.reference`,
-and the attribution methods are exported here.
+the attribution methods are exported here, and their evaluation metrics
+(deletion, insertion, pointing game) are in :mod:`fastattr.metrics`.
 """
 
 from . import _ops as ops  # noqa: F401  (loads the compiled ops first)
@@ -29,6 +30,7 @@ from .methods import (  # noqa: E402
     smooth_taylor,
 )
 
+from . import metrics  # noqa: E402,F401  (deletion, insertion, pointing game)
 from . import data, models  # noqa: E402,F401  (bundled data sets and models)
 
 __version__ = "0.1.0"

@@ -506,3 +506,33 @@ def _causal_ate_map_backward(ctx, grad):
 torch.library.register_autograd(
     "fastattr::causal_ate_map", _causal_ate_map_backward, setup_context=_causal_ate_map_setup_context
 )
+
+
+def _rank_keep(ranks, step, start, count):
+    """(count, 1 or S, 1, H, W) bool: True where step start + k keeps self."""
+    thresholds = (start + torch.arange(count, device=ranks.device)) * step
+    return (ranks[None] >= thresholds[:, None, None, None])[:, :, None]
+
+
+def _rank_masked_batch_setup_context(ctx, inputs, output):
+    self, _, ranks, step, start, count = inputs
+    ctx.input_shape = self.shape
+    ctx.geometry = (step, start, count)
+    ctx.save_for_backward(ranks)
+
+
+def _rank_masked_batch_backward(ctx, grad):
+    (ranks,) = ctx.saved_tensors
+    step, start, count = ctx.geometry
+    acc = _acc_dtype(grad.dtype)
+    g = grad.reshape(count, *ctx.input_shape).to(acc)
+    keep = _rank_keep(ranks, step, start, count)
+    kept = torch.where(keep, g, 0).sum(0)  # M = 1 there: that part goes to self
+    grad_input = kept.to(grad.dtype)
+    grad_baseline = (g.sum(0) - kept).to(grad.dtype)
+    return grad_input, grad_baseline, None, None, None, None
+
+
+torch.library.register_autograd(
+    "fastattr::rank_masked_batch", _rank_masked_batch_backward, setup_context=_rank_masked_batch_setup_context
+)

@@ -14,7 +14,8 @@ ops' headers), so that a compiled graph lays its buffers out as eager does:
   ``ig_path_inputs``: contiguous in the suggested memory format of self,
   grad_output and input respectively (channels_last in, channels_last out);
 - the masked batches (``rise_masked_batch``, ``segment_masked_batch``,
-  ``window_masked_batch``): contiguous in input's suggested memory format, like
+  ``window_masked_batch``, ``rank_masked_batch``): contiguous in input's
+  suggested memory format, like
   ``ig_path_inputs``; ``rise_masks``: contiguous (N, H, W).
 """
 
@@ -393,3 +394,30 @@ def _causal_ate_map_fake(screen, full, base, visited, block, tau):
                  lambda: f"fastattr.{op}: block must be two positive ints (bh, bw), got {list(block)}")
     torch._check(math.isfinite(tau) and tau >= 0, lambda: f"fastattr.{op}: tau must be finite and >= 0, got {tau}")
     return screen.new_empty((b, gh * block[0], gw * block[1]))
+
+
+# --- progressive masking (csrc/ops/rank_masked_batch.h) -----------------------------
+
+_INT64_MAX = 2**63 - 1
+
+
+@torch.library.register_fake("fastattr::rank_masked_batch")
+def _rank_masked_batch_fake(self, baseline, ranks, step, start, count):
+    op = "rank_masked_batch"
+    _check_batch_operands(op, self, baseline)
+    torch._check(self.dim() == 4, lambda: f"fastattr.{op}: input must be 4-D (S, C, H, W), got a {self.dim()}-D "
+                                          f"tensor of shape {_shape(self)}")
+    _check_int64(op, ranks, "ranks")
+    _check_on_device(op, ranks, "ranks", self, "input")
+    s, _, h, w = self.shape
+    torch._check(ranks.dim() == 3 and (ranks.shape[0] == 1 or ranks.shape[0] == s) and ranks.shape[1] == h
+                 and ranks.shape[2] == w,
+                 lambda: f"fastattr.{op}: ranks must have shape [1, {h}, {w}] or [{s}, {h}, {w}] (one rank map shared "
+                         f"by all samples, or one per sample), got {_shape(ranks)}")
+    torch._check(step >= 1, lambda: f"fastattr.{op}: step must be at least 1, got {step}")
+    torch._check(start >= 0 and count >= 1,
+                 lambda: f"fastattr.{op}: start must be >= 0 and count >= 1, got start={start} count={count}")
+    torch._check(start + count - 1 <= _INT64_MAX // step,
+                 lambda: f"fastattr.{op}: (start + count - 1) * step overflows int64 (start={start}, count={count}, "
+                         f"step={step})")
+    return _masked_batch_out(self, count)

@@ -390,3 +390,45 @@ def causal_ate_map(screen: Tensor, full: Tensor, base: Tensor, visited: Tensor, 
     w.r.t. full and base."""
     return torch.ops.fastattr.causal_ate_map.default(screen, full, base, visited, _int_pair(block, "block"),
                                                     float(tau))
+
+
+# --- progressive masking (deletion / insertion metrics) -----------------------------
+
+def saliency_ranks(saliency: Tensor) -> Tensor:
+    """Each pixel's rank in descending saliency, ``(B, H, W)`` int64 (0 = the most
+    salient pixel), ties broken by ascending flat pixel index (a stable sort).
+    ``saliency``: ``(B, H, W)`` or ``(B, 1, H, W)``, real, without NaN."""
+    if not isinstance(saliency, Tensor):
+        raise TypeError(f"fastattr.saliency_ranks: saliency must be a tensor, got {type(saliency).__name__}")
+    if saliency.dim() == 4 and saliency.shape[1] == 1:
+        saliency = saliency[:, 0]
+    if saliency.dim() != 3:
+        raise ValueError("fastattr.saliency_ranks: saliency must have shape (B, H, W) or (B, 1, H, W), got "
+                         f"{tuple(saliency.shape)}")
+    if saliency.dtype.is_complex or saliency.dtype == torch.bool:
+        raise TypeError(f"fastattr.saliency_ranks: saliency must be real numbers, got {saliency.dtype}")
+    b, h, w = saliency.shape
+    flat = saliency.reshape(b, h * w)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(h * w, device=flat.device).expand(b, h * w))
+    return ranks.view(b, h, w)
+
+
+def rank_masked_batch(input: Tensor, baseline: Tensor | float, ranks: Tensor, step: int, start: int = 0,
+                      count: int | None = None) -> Tensor:
+    """Step-major batch ``(count * S, C, H, W)`` of progressively masked images for
+    ``input`` (S, C, H, W): block k is step ``t = start + k``, in which every pixel
+    whose rank (``ranks``: int64 (1 or S, H, W), or (H, W), e.g. from
+    :func:`saliency_ranks`) is below ``t * step`` takes the baseline in every
+    channel, the others keep the input (exact copies of either). Deletion:
+    input = image, baseline = substrate; insertion: input = substrate, baseline =
+    image. ``count``: default, the steps from ``start`` up to ``ceil(H*W / step)``
+    (the last one all baseline). Differentiable w.r.t. input and baseline."""
+    if isinstance(ranks, Tensor) and ranks.dim() == 2:
+        ranks = ranks[None]
+    if count is None:
+        n_steps = -(-input.shape[-2] * input.shape[-1] // max(int(step), 1)) if input.dim() == 4 else 0
+        count = n_steps + 1 - int(start)
+    return torch.ops.fastattr.rank_masked_batch.default(input, _as_baseline(baseline, input), ranks, int(step),
+                                                        int(start), int(count))

@@ -74,6 +74,17 @@ def _int_at_least(minimum: int, what: str):
     return parse
 
 
+def _metric_list(text: str) -> tuple[str, ...]:
+    """An argparse type: ``--metrics deletion,insertion,pointing``, checked here,
+    before anything is written to --out."""
+    from .jobs.spec import JobError, check_metrics
+
+    try:
+        return check_metrics(text)
+    except JobError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--metrics: ")) from None
+
+
 _positive_int = _int_at_least(1, "a positive integer")
 _nonneg_int = _int_at_least(0, "a non-negative integer")
 
@@ -119,6 +130,11 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
     e.add_argument("--threads", type=_positive_int, help="torch CPU threads (torch.set_num_threads; default: "
                                                         "torch's choice, 1 per process under torchrun)")
     e.add_argument("--dist-timeout", type=float, help="seconds ranks wait for each other under torchrun")
+    q = p.add_argument_group("quality metrics (fastattr.metrics; stored per image beside the attribution)")
+    q.add_argument("--metrics", type=_metric_list, default=None, metavar="NAMES",
+                   help="comma-separated: deletion, insertion (RISE AUCs, one image row per step, the probability "
+                        "of the explained target), pointing (pointing-game hit and energy; needs ground-truth masks, "
+                        "i.e. a bundled data set). Means are printed at the end")
     o = p.add_argument_group("output")
     o.add_argument("--format", choices=FORMATS, help="shard file format")
     o.add_argument("--shard-size", type=_positive_int, help="images per shard file")
@@ -209,8 +225,21 @@ def _run_config(parser: argparse.ArgumentParser, args: argparse.Namespace):
     return JobConfig(
         model=args.model, data=args.data, method=args.method, out=args.out, method_options=options,
         limit=args.limit, heatmaps=bool(args.heatmaps), overwrite=bool(args.overwrite), quiet=bool(args.quiet),
-        verify=bool(args.verify), progress=args.progress,
+        verify=bool(args.verify), progress=args.progress, metrics=_config_metrics(parser, args.metrics),
         input_size=None if size is None else (size[0], size[-1]), **kw)
+
+
+def _config_metrics(parser, value) -> tuple[str, ...]:
+    """--metrics from the command line (already checked) or a --config file (a
+    string or a list), checked like the flag."""
+    if value is None or isinstance(value, tuple):
+        return value or ()
+    from .jobs.spec import JobError, check_metrics
+
+    try:
+        return check_metrics(value)
+    except JobError as e:
+        parser.error(f"--config: {e}")
 
 
 def _add_demo_parser(sub) -> argparse.ArgumentParser:

@@ -303,3 +303,18 @@ def causal_ate_map(screen: Tensor, full: Tensor, base: Tensor, visited: Tensor, 
                     continue
                 out[img, i * bh:(i + 1) * bh, j * bw:(j + 1) * bw] = ate
     return out
+
+
+# --- progressive masking (spec §3.4: deletion and insertion) ---------------------------
+
+def rank_masked_batch(input: Tensor, baseline: Tensor, ranks: Tensor, step: int, start: int, count: int) -> Tensor:
+    """Step-major batch of progressively masked images: block k (step t = start + k)
+    is the input with every pixel of rank < t * step (all channels) replaced by
+    the baseline; ``ranks`` (1 or S, H, W)."""
+    blocks = []
+    for k in range(count):
+        replaced = (ranks < (start + k) * step)[:, None]  # (1 or S, 1, H, W)
+        blocks.append(torch.where(replaced, baseline, input))
+    if not blocks:
+        return input.new_empty((0, *input.shape[1:]))
+    return torch.cat(blocks)

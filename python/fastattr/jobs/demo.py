@@ -6,9 +6,11 @@ draws, per data set and method, a grid of the images and their heatmap overlays
 (``OUT/<data>-<method>.png``), one overview grid per data set
 (``OUT/<data>-overview.png``: a row per image, a column per method) and a
 summary table (``OUT/summary.md`` / ``summary.json``): seconds per image and
-model forward passes per image, both measured by the jobs. Quality metrics
-(deletion AUC and the like) are not computed here yet, so they are absent
-rather than estimated.
+model forward passes per image, both measured by the jobs, and the mean
+deletion and insertion AUC of each method (``fastattr run --metrics``: the
+GNL paper's protocol, one image row per step; see
+:mod:`fastattr.jobs.metrics`), plus the pointing-game rate on "shapes". The
+seconds include the metrics; the forward passes count the method's only.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ DEMO_METHODS = (
 DEMO_ONLY = {"causal_ate": ("lesions",)}
 DEMO_TARGET = {"causal_ate": "label"}
 DEMO_SETS = (("shapes", "shapes-vgg"), ("lesions", "lesions-unet"))
+DEMO_METRICS = {"shapes": ("deletion", "insertion", "pointing"), "lesions": ("deletion", "insertion")}
 
 
 def _methods_available(methods_registry) -> list[tuple[str, dict]]:
@@ -79,7 +82,9 @@ def _demo(out, n_shapes, n_lesions, device, quiet, n_steps, n_samples, file) -> 
     counts = {"shapes": n_shapes, "lesions": n_lesions}
     summary = {"output": str(out.resolve()), "device": device, "threads": torch.get_num_threads(), "rows": [],
                "grids": [], "not_available": missing,
-               "note": "deletion AUC and other quality metrics are not computed by this demo yet"}
+               "note": "AUCs: RISE deletion (zeros) / insertion (blur) in the model's normalised space, one image row "
+                       "per step, probability of the explained target (mean over the images); higher insertion and "
+                       "lower deletion are better"}
     t_start = time.perf_counter()
     for dataset, model_name in DEMO_SETS:
         n = counts[dataset]
@@ -101,7 +106,8 @@ def _demo(out, n_shapes, n_lesions, device, quiet, n_steps, n_samples, file) -> 
             cfg = JobConfig(model=model_name, data=f"bundled:{dataset}", method=method, method_options=options,
                             target=DEMO_TARGET.get(method, "auto"),
                             out=str(out / dataset / method), limit=n, shard_size=max(n, 1), batch_size=8,
-                            device=device, overwrite=True, quiet=True, progress=False)
+                            device=device, overwrite=True, quiet=True, progress=False,
+                            metrics=DEMO_METRICS[dataset])
             if not quiet:
                 print(f"fastattr demo: {method:<26} on {n} {dataset} images ({model_name}) ...", file=file,
                       flush=True)
@@ -109,10 +115,14 @@ def _demo(out, n_shapes, n_lesions, device, quiet, n_steps, n_samples, file) -> 
             result = open_output(cfg.out)
             attributions = result.attributions().float()
             stats = result.manifest["stats"]
+            means = result.manifest.get("metrics", {})
             summary["rows"].append({
                 "data": dataset, "model": model_name, "method": method, "options": options, "images": n,
                 "seconds_per_image": stats["seconds_per_image"],
                 "forward_passes_per_image": stats["forward_rows_per_image"],
+                "deletion_auc": means.get("deletion_auc", {}).get("mean"),
+                "insertion_auc": means.get("insertion_auc", {}).get("mean"),
+                "pointing_rate": means.get("pointing_hit", {}).get("mean"),
                 "output": cfg.out,
             })
             if method in CAUSAL_METHODS:
@@ -153,13 +163,19 @@ def _label(dataset, label, class_names, entry) -> str:
 
 
 def _table(summary) -> list[str]:
-    lines = ["| data | model | method | options | images | s / image | forward passes / image |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| data | model | method | options | images | s / image | forward passes / image | deletion AUC "
+             "(lower is better) | insertion AUC (higher is better) | pointing game |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def num(v):
+        return "-" if v is None else f"{v:.3f}"
+
     for r in summary["rows"]:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
         fp = r["forward_passes_per_image"]
         lines.append(f"| {r['data']} | {r['model']} | {r['method']} | {opts} | {r['images']} | "
-                     f"{r['seconds_per_image']:.4f} | {fp:.1f} |")
+                     f"{r['seconds_per_image']:.4f} | {fp:.1f} | {num(r.get('deletion_auc'))} | "
+                     f"{num(r.get('insertion_auc'))} | {num(r.get('pointing_rate'))} |")
     return lines
 
 
@@ -168,9 +184,11 @@ def _write_summary(out: Path, summary: dict) -> None:
     text = ["# fastattr demo", "",
             f"Device: {summary['device']} ({summary['threads']} threads); total {summary['total_seconds']} s.", ""]
     text += _table(summary)
-    text += ["", "Forward passes count every image row through the model (target selection included); each "
-                 "gradient method adds one backward pass per forward row of its gradient loop.",
-             "Deletion AUC and other quality metrics: not computed by this demo yet.", ""]
+    text += ["", "Forward passes count every image row through the model for the method (target selection "
+                 "included, the metrics' passes not); each gradient method adds one backward pass per forward row "
+                 "of its gradient loop. Seconds include the metrics.",
+             f"AUCs: {summary['note']}. Pointing game: the share of images whose heatmap maximum lies within 15 px "
+             "at 224x224 (4.3 px at 64x64) of the shape.", ""]
     if summary["not_available"]:
         text.append(f"Methods not in this build's registry (skipped): {', '.join(summary['not_available'])}.")
     text.append("Heatmap grids: " + ", ".join(Path(g).name for g in summary["grids"]))
@@ -182,7 +200,8 @@ def _print_summary(summary: dict, file) -> None:
     for line in _table(summary):
         if not line.startswith("|---"):
             print(line, file=file)
-    print(f"\n(deletion AUC: not computed yet; total {summary['total_seconds']} s)", file=file)
+    print(f"\n(deletion AUC: lower is better, insertion AUC: higher is better; total {summary['total_seconds']} s)",
+          file=file)
     if summary["not_available"]:
         print(f"skipped (not registered): {', '.join(summary['not_available'])}", file=file)
     print(f"\nheatmap grids and summary in {summary['output']}/", file=file)

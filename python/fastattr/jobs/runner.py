@@ -31,6 +31,7 @@ from ..guidance import check_guidable
 from ..methods import heatmap_style, uses_guided_rules
 from . import distributed
 from .loading import CountingModel, infer_task, input_size, load_model, model_info, weights_digest
+from .metrics import image_metrics, metric_means, metric_protocol
 from .sources import BUNDLED_PREFIX, BundledSource, ImageFolderSource, collate, open_source
 from .spec import (JobConfig, JobError, fingerprint, job_spec, resolve_method, resolve_options, shard_seed,
                    spec_differences, takes_generator, versions)
@@ -160,6 +161,8 @@ def _merge_manifest(out: Path, header: dict, store: ShardStore, n_shards: int, w
                 entry["label"] = img["label"]
             if img.get("heatmap"):
                 entry["heatmap"] = img["heatmap"]
+            if img.get("metrics"):
+                entry["metrics"] = img["metrics"]
             images.append(entry)
         seconds += rec.get("seconds", 0.0)
         rows += rec.get("forward_rows", 0)
@@ -180,6 +183,9 @@ def _merge_manifest(out: Path, header: dict, store: ShardStore, n_shards: int, w
         shards=shards,
         images=images,
     )
+    summary = metric_means(images)
+    if summary:
+        manifest["metrics"] = summary
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
 
@@ -248,8 +254,16 @@ def run_job(cfg: JobConfig, *, model: torch.nn.Module | None = None, model_desc:
             c = info.get("classes")
             classes = list(c) if isinstance(c, (list, tuple)) else None
         policy = TargetPolicy(cfg.target, task, classes)
+        protocol = None
+        if cfg.metrics:
+            if "pointing" in cfg.metrics and n and source[0].get("mask") is None:
+                raise JobError("--metrics pointing needs a ground-truth mask per image (a bundled data set such as "
+                               "bundled:shapes); the images of a folder have none")
+            protocol = metric_protocol(model, source[0]["image"].shape if n else None, cfg.metrics)
         spec = job_spec(cfg, recorded_options, model_desc, source.describe(), n)
         spec["task"] = task
+        if protocol is not None:
+            spec["metrics_protocol"] = protocol["record"]
         fp = fingerprint(spec)
         out = Path(cfg.out)
         n_shards = spec["num_shards"]
@@ -305,17 +319,20 @@ def run_job(cfg: JobConfig, *, model: torch.nn.Module | None = None, model_desc:
                 for k, indices in plan:
                     n_batches = math.ceil(len(indices) / cfg.batch_size)
                     rows_total += _run_shard(cfg, k, indices, n_batches, batches, counting, fn, call_options, gen_ok,
-                                             policy, store, device, dtype, ctx.rank, bar)
+                                             policy, store, device, dtype, ctx.rank, bar, protocol)
                     done_images += len(indices)
         seconds = time.perf_counter() - t0
 
         total_done = ctx.sum(done_images)  # also waits for every rank's shards
         manifest_path = out / MANIFEST
         if ctx.is_main:
-            _merge_manifest(out, header, store, n_shards, ctx.world_size)
+            manifest = _merge_manifest(out, header, store, n_shards, ctx.world_size)
             rate = f" ({total_done / seconds:.1f} img/s)" if total_done and seconds > 0 else ""
             _log(cfg, ctx, f"{total_done} images computed in {seconds:.1f} s{rate}; "
                            f"{n} images in {manifest_path}")
+            if manifest.get("metrics"):
+                means = ", ".join(f"{k} {v['mean']:.4f}" for k, v in manifest["metrics"].items())
+                _log(cfg, ctx, f"metrics over {n} images (means): {means}")
         ctx.barrier()
         return JobResult(out=out, manifest=manifest_path, num_images=n, num_shards=n_shards,
                          shards_computed=len(pending), shards_skipped=len(owned) - len(pending),
@@ -330,7 +347,7 @@ def run_job(cfg: JobConfig, *, model: torch.nn.Module | None = None, model_desc:
 
 
 def _run_shard(cfg, k, indices, n_batches, batches, model, fn, call_options, gen_ok, policy, store, device, dtype,
-               rank, bar) -> int:
+               rank, bar, protocol=None) -> int:
     t0 = time.perf_counter()
     rows0 = model.rows
     seed = shard_seed(cfg.seed, k)
@@ -356,6 +373,8 @@ def _run_shard(cfg, k, indices, n_batches, batches, model, fn, call_options, gen
             if not isinstance(a, torch.Tensor) or (a.shape != x.shape and a.shape != (x.shape[0], 1, *x.shape[2:])):
                 raise JobError(f"method {cfg.method!r} returned {getattr(a, 'shape', type(a).__name__)} "
                                f"for inputs of shape {tuple(x.shape)}")
+            scores = (image_metrics(model.model, x, a.detach(), target, batch["mask"], protocol)
+                      if protocol is not None else None)
             attrs.append(a.detach().to("cpu"))
             if isinstance(target, torch.Tensor):
                 class_targets.append(target.detach().to("cpu"))
@@ -365,6 +384,8 @@ def _run_shard(cfg, k, indices, n_batches, batches, model, fn, call_options, gen
                        "target": target_records[j]}
                 if isinstance(label, int) or (isinstance(label, torch.Tensor) and label.dim() == 0):
                     rec["label"] = int(label)
+                if scores is not None:
+                    rec["metrics"] = scores[j]
                 records.append(rec)
             if cfg.heatmaps:
                 images_for_heatmaps.append(batch["image"])

@@ -17,6 +17,8 @@ DTYPES = {
     "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
+# Metrics ``fastattr run --metrics`` computes per image (fastattr.metrics).
+METRICS = ("deletion", "insertion", "pointing")
 # Keywords a method's options cannot set: the job supplies them.
 RESERVED_OPTIONS = ("model", "inputs", "target", "generator")
 
@@ -46,6 +48,7 @@ class JobConfig:
     seed: int = 0
     input_size: tuple[int, int] | None = None
     resize: str = "crop"
+    metrics: tuple[str, ...] = ()
     # operational
     overwrite: bool = False
     quiet: bool = False
@@ -72,6 +75,7 @@ class JobConfig:
             raise JobError(f"--threads must be at least 1, got {self.threads}")
         if self.num_workers < 0:
             raise JobError(f"--num-workers must be non-negative, got {self.num_workers}")
+        self.metrics = check_metrics(self.metrics)
         dev = str(self.device)
         if not (dev == "cpu" or dev == "cuda" or dev.startswith("cuda:")):
             raise JobError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
@@ -79,6 +83,23 @@ class JobConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+
+def check_metrics(metrics) -> tuple[str, ...]:
+    """``--metrics``: a comma-separated string or a sequence of names from
+    :data:`METRICS`, each at most once; returned as a tuple in the given order."""
+    if metrics is None:
+        return ()
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    if not isinstance(metrics, (list, tuple)) or not all(isinstance(m, str) for m in metrics):
+        raise JobError(f"--metrics must be a comma-separated list of {', '.join(METRICS)}, got {metrics!r}")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise JobError(f"--metrics: unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+    if len(set(metrics)) != len(metrics):
+        raise JobError(f"--metrics names a metric twice: {','.join(metrics)}")
+    return tuple(metrics)
 
 
 OPERATIONAL = ("out", "overwrite", "quiet", "progress", "num_workers", "threads", "verify", "dist_timeout", "device")
@@ -155,7 +176,7 @@ def versions() -> dict:
 def job_spec(cfg: JobConfig, recorded_options: dict, model_desc: dict, data_desc: dict, n_images: int) -> dict:
     """The parameters that determine the output, in a canonical JSON-able form."""
     v = versions()
-    return {
+    spec = {
         "method": cfg.method,
         "method_options": recorded_options,
         "model": model_desc,
@@ -175,6 +196,9 @@ def job_spec(cfg: JobConfig, recorded_options: dict, model_desc: dict, data_desc
         "seeding": "per shard: sha256('<seed>:<shard>')[:8] seeds torch and the method's generator",
         "versions": {"fastattr": v["fastattr"], "torch": v["torch"]},
     }
+    if cfg.metrics:  # only then, so that jobs without metrics keep their fingerprints
+        spec["metrics"] = list(cfg.metrics)
+    return spec
 
 
 def fingerprint(spec: dict) -> str:
