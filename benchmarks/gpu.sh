@@ -30,7 +30,7 @@
 #   FASTATTR_GPU_BUDGET_S (whole run, default 470),
 #   BUDGET_BUILD / BUDGET_CORRECT / BUDGET_BANDWIDTH / BUDGET_E2E (seconds per phase),
 #   E2E_SWEEP (rows per pass of the chunk sweep), E2E_ARGS (the rest of e2e.py's arguments),
-#   CXX / CC (the compiler; default /usr/bin/g++ where present, see below),
+#   FASTATTR_CXX / FASTATTR_CC (the compilers; default /usr/bin/g++ and gcc where present, see below),
 #   FASTATTR_GPU_DRYRUN=1: rehearse on a machine without a GPU (no build, the
 #   CPU tests of one op file, CPU bandwidth on small inputs, the e2e sweep on
 #   the small CNN; CUDA-only steps are listed as skipped).
@@ -98,7 +98,7 @@ skip() { ROWS+=("| $1 | skipped | 0 | $2 |"); }
   "$PY" -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', torch.version.cuda, '| GPU', torch.cuda.is_available())" 2>&1
   command -v nvcc >/dev/null && nvcc --version | tail -1
   command -v compute-sanitizer >/dev/null && compute-sanitizer --version | head -2 | tail -1
-  echo "c++: $(command -v c++) $(c++ --version 2>/dev/null | head -1)"
+  echo "environment CXX: ${CXX:-unset}, CC: ${CC:-unset}"
   echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (+ local changes)')"
   echo '```'
 } >"$OUT/summary.md"
@@ -109,13 +109,18 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 
-# The C++ compiler. On the lent GPU machine, /opt/gcc/bin/g++ (first on PATH)
-# builds extensions in which a failing TORCH_CHECK whose message formats an
-# integer kills the process (SIGSEGV) instead of raising; Ubuntu's
-# /usr/bin/g++ of the same version and the same libstdc++ does not
-# (benchmarks/abi_probe.py, RESULTS.md). So build with /usr/bin/g++ there,
-# unless CXX is given.
-if [ -z "${CXX:-}" ] && [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc; fi
+# The C++ compiler. On the lent GPU machine the environment sets CXX to
+# /opt/gcc/bin/g++, a wrapper that runs g++-real with -B/opt/gcc/... (its own
+# startup files and libgcc); extensions it builds crash (SIGSEGV) when a
+# failing TORCH_CHECK's message formats an integer, while Ubuntu's
+# /usr/bin/g++ of the same version and libstdc++ raises normally
+# (benchmarks/abi_probe.py, RESULTS.md). So build with FASTATTR_CXX /
+# FASTATTR_CC, by default /usr/bin/g++ and /usr/bin/gcc where present,
+# overriding the environment's CXX and CC (CC is also nvcc's host compiler).
+FASTATTR_CXX=${FASTATTR_CXX:-$([ -x /usr/bin/g++ ] && echo /usr/bin/g++)}
+FASTATTR_CC=${FASTATTR_CC:-$([ -x /usr/bin/gcc ] && echo /usr/bin/gcc)}
+[ -n "$FASTATTR_CXX" ] && export CXX=$FASTATTR_CXX
+[ -n "$FASTATTR_CC" ] && export CC=$FASTATTR_CC
 
 HAVE_GPU=0
 "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null && HAVE_GPU=1
