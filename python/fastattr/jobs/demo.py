@@ -83,7 +83,8 @@ def _demo(out, n_shapes, n_lesions, device, quiet, n_steps, n_samples, file) -> 
     summary = {"output": str(out.resolve()), "device": device, "threads": torch.get_num_threads(), "rows": [],
                "grids": [], "not_available": missing,
                "note": "AUCs: RISE deletion (zeros) / insertion (blur) in the model's normalised space, one image row "
-                       "per step, probability of the explained target (mean over the images); higher insertion and "
+                       "per step, probability of the explained target (lesions: the region target's score, the sum "
+                       "of the sigmoid probabilities over the region), mean over the images; higher insertion and "
                        "lower deletion are better"}
     t_start = time.perf_counter()
     for dataset, model_name in DEMO_SETS:
@@ -187,7 +188,7 @@ def _write_summary(out: Path, summary: dict) -> None:
     text += ["", "Forward passes count every image row through the model for the method (target selection "
                  "included, the metrics' passes not); each gradient method adds one backward pass per forward row "
                  "of its gradient loop. Seconds include the metrics.",
-             f"AUCs: {summary['note']}. Pointing game: the share of images whose heatmap maximum lies within 15 px "
+             f"{summary['note']}. Pointing game: the share of images whose heatmap maximum lies within 15 px "
              "at 224x224 (4.3 px at 64x64) of the shape.", ""]
     if summary["not_available"]:
         text.append(f"Methods not in this build's registry (skipped): {', '.join(summary['not_available'])}.")
