@@ -72,6 +72,10 @@ CALLS = {
     "mfpp": lambda m, x, t, bs, e: mfpp_fixed_draws(m, x, t, bs),
     "occlusion": lambda m, x, t, bs, e: fastattr.occlusion(m, x, t, sliding_window_shapes=(3, 6, 6), strides=(1, 4, 4),
                                                            batch_size=bs),
+    # PdCR's causal ATE in zeros mode (no draws), the region's masks as its ground truth
+    "causal_ate": lambda m, x, t, bs, e: fastattr.METHODS["causal_ate"](
+        m, x, t, roi=[0, 0, 4], block=4, mode="zeros", n_screen=1, n_samples=1, tau=0.0, outcome="soft_dice",
+        activation="sigmoid", batch_size=bs),
     "feature_ablation": lambda m, x, t, bs, e: fastattr.feature_ablation(
         m, x, t, feature_mask=(torch.arange(H)[:, None] // 4 * 4 + torch.arange(H)[None] // 4)[None, None],
         batch_size=bs),
