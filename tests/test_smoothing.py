@@ -75,7 +75,7 @@ def test_sigma_zero_is_plain_gradient(kind):
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14)
 
 
-BASES = sorted(set(METHODS) - {"smooth_grad", "smooth_taylor", "rise", "mfpp"})
+BASES = sorted(set(METHODS) - {"smooth_grad", "smooth_taylor", "rise", "mfpp", "causal_ate"})
 BASE_OPTIONS = {"integrated_gradients": {"n_steps": 8}, "gnl_integrated_gradients": {"n_steps": 8},
                 "occlusion": {"sliding_window_shapes": (2, 3, 3), "strides": (2, 3, 3)}}
 
@@ -94,9 +94,10 @@ def test_sigma_zero_every_registry_base(name):
     torch.testing.assert_close(out, METHODS[name](model, x, [1, 2], **kwargs), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("name", ["rise", "mfpp", "smooth_taylor"])
+@pytest.mark.parametrize("name", ["rise", "mfpp", "smooth_taylor", "causal_ate"])
 def test_mask_sampling_methods_are_not_bases(name):
-    """RISE and MFPP sample their own masks and return one map per image."""
+    """RISE and MFPP sample their own masks and return one map per image;
+    PdCR's causal ATE explains a segmentation region by interventions."""
     with pytest.raises(ValueError, match=f"unknown base '{name}'"):
         smooth_grad(cnn(), torch.randn(2, 2, 6, 6, dtype=F64), 0, base=name)
 

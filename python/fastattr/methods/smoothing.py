@@ -39,8 +39,9 @@ KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 # Registry entries that cannot serve as the base of a noise tunnel: they are
 # stochastic themselves and have their own sample count (RISE and MFPP also
-# return one map per image, not attributions shaped like the inputs).
-_NOT_A_BASE = ("smooth_grad", "smooth_taylor", "rise", "mfpp")
+# return one map per image, not attributions shaped like the inputs; PdCR's
+# causal ATE explains a segmentation region by interventions, one map per image).
+_NOT_A_BASE = ("smooth_grad", "smooth_taylor", "rise", "mfpp", "causal_ate")
 
 
 # --------------------------------------------------------------------------- checks
