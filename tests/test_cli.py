@@ -204,3 +204,38 @@ def test_demo_runs(tmp_path, capsys):
             im.verify()
     assert (out / "shapes-overview.png").exists() and (out / "lesions-integrated_gradients.png").exists()
     assert (out / "summary.md").exists()
+
+
+@pytest.mark.parametrize("bad", [["--n-steps", "-3"], ["--integration", "simpson"], ["-O", "n_steps=2.5"],
+                                 ["-O", "baselines=[1, 2]"], ["-O", "nonsense=1"]])
+def test_refused_options_leave_no_output(tmp_path, tiny_model, capsys, bad):
+    """Every method option is checked before anything is written to --out, so the
+    corrected command then runs in the same folder."""
+    out = tmp_path / "new" / "o"
+    assert cli.main(run_args(out, *bad, method="integrated_gradients", limit=2)) == 2
+    err = capsys.readouterr().err
+    assert "method 'integrated_gradients'" in err and "Traceback" not in err
+    assert not out.exists() and not out.parent.exists()
+    assert cli.main(run_args(out, "--n-steps", "2", method="integrated_gradients", limit=2)) == 0
+    assert open_output(out).manifest["status"] == "complete"
+
+
+def test_refused_option_values_name_the_value(tmp_path, tiny_model, capsys):
+    assert cli.main(run_args(tmp_path / "a", "--n-steps", "-3", method="integrated_gradients")) == 2
+    assert "n_steps must be at least 1, got -3" in capsys.readouterr().err
+    assert cli.main(run_args(tmp_path / "b", "--integration", "simpson", method="integrated_gradients")) == 2
+    assert "got 'simpson'" in capsys.readouterr().err
+    assert cli.main(run_args(tmp_path / "c", "-O", "p=2", "-O", "n_masks=4", method="rise")) == 2
+    assert "p must be in (0, 1], got 2" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_out_that_is_a_file(tmp_path, tiny_model, capsys):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    assert cli.main(run_args(f)) == 2
+    err = capsys.readouterr().err
+    assert f"--out {f} exists and is not a directory" in err
+    assert f.read_text() == "x"
+    assert cli.main(run_args(f / "sub")) == 2
+    assert f"{f} is not a directory" in capsys.readouterr().err

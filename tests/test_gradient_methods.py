@@ -155,9 +155,10 @@ def test_bad_inputs(small, name):
         fn(small, x, [0, 1, 2])
     with pytest.raises(ValueError, match="target callable must return one score per row"):
         fn(small, x, lambda out: out)
-    with pytest.raises(TypeError, match="model must return a tensor, got tuple"):
+    with pytest.raises(TypeError, match=r"model must return one tensor of scores, got a tuple of 2 items.*"
+                                        r"model\(x\)\[0\]"):
         fn(lambda z: (small(z), z), x, 0)
-    with pytest.raises(TypeError, match="model must return a tensor, got dict"):
+    with pytest.raises(TypeError, match=r"got a dict with keys \['out'\].*lambda x: model\(x\)\['out'\]"):
         fn(lambda z: {"out": small(z)}, x, 0)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         fn(small, x, 0, batch_size=0)

@@ -218,8 +218,9 @@ def test_bad_options_are_reported(tmp_path):
         run(job(tmp_path / "o", "smooth_grad", method_options={"generator": 1}))
     with pytest.raises(JobError, match="unknown method 'nope'; choose from: .*saliency"):
         run(job(tmp_path / "o", "nope"))
-    with pytest.raises(JobError, match="failed: .*n_steps"):
+    with pytest.raises(JobError, match="refused its options: n_steps must be at least 1, got 0"):
         run(job(tmp_path / "o2", "integrated_gradients", method_options={"n_steps": 0}))
+    assert not (tmp_path / "o2").exists()  # refused before anything was written
     with pytest.raises(JobError, match="--target"):
         run(job(tmp_path / "o3", "saliency", target="nonsense"))
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -174,19 +175,125 @@ def plan(n_samples: int, n_points: int, batch_size: int, inner: str = "samples")
 # --------------------------------------------------------------------------- the evaluators
 
 
+def _module(model) -> torch.nn.Module | None:
+    """The nn.Module behind ``model``: itself, or what a wrapper names as
+    ``__wrapped__`` (functools.wraps; fastattr's own activation wrappers)."""
+    for _ in range(8):
+        if isinstance(model, torch.nn.Module):
+            return model
+        model = getattr(model, "__wrapped__", None)
+        if model is None:
+            return None
+    return None
+
+
+def _first_tensor(module: torch.nn.Module) -> Tensor | None:
+    """The module's first floating-point parameter (or buffer), no sync."""
+    for t in module.parameters():
+        if t.dtype.is_floating_point:
+            return t
+    for t in module.buffers():
+        if t.dtype.is_floating_point:
+            return t
+    return None
+
+
+# Modules whose training mode changes the forward pass.
+_TRAINING_SENSITIVE = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
+
+
+def check_model(model, inputs: Tensor) -> None:
+    """Once per method call, before any forward pass: ``model`` must be
+    callable, and a model left in training mode with dropout or batch norm
+    gets a RuntimeWarning (its attributions would be stochastic, and batch
+    norm would update its running statistics). No host sync."""
+    if not callable(model):
+        raise TypeError(f"fastattr: model must be callable (an nn.Module or a function of a batch), "
+                        f"got {type(model).__name__}")
+    module = _module(model)
+    if module is None or not module.training:
+        return
+    for name, m in module.named_modules():
+        if m.training and isinstance(m, _TRAINING_SENSITIVE):
+            warnings.warn(
+                f"fastattr: model is in training mode (its {type(m).__name__} {name or '(root)'!r} is training): "
+                "dropout and batch norm make attributions stochastic, and batch norm updates its running "
+                "statistics; call model.eval() first",
+                RuntimeWarning, stacklevel=4)
+            return
+
+
+def _explain_failure(model, batch: Tensor, error: RuntimeError) -> Exception | None:
+    """A clearer error for a model that raised on ``batch`` (the rows of one
+    tile, each shaped like a sample of ``inputs``), or None when no cause is
+    known. Only runs after the model failed: no cost on the hot path."""
+    module = _module(model)
+    if module is None:
+        return None
+    p = _first_tensor(module)
+    if p is not None and p.dtype != batch.dtype:
+        return TypeError(
+            f"fastattr: model and inputs have different dtypes: the model's parameters are {p.dtype}, inputs "
+            f"are {batch.dtype}; convert one of them (inputs.to({p.dtype}) or model.to({batch.dtype})). "
+            f"The model raised: {error}")
+    if p is not None and p.device != batch.device:
+        return ValueError(
+            f"fastattr: model and inputs are on different devices: the model's parameters are on {p.device}, "
+            f"inputs on {batch.device}; move one of them (inputs.to('{p.device}') or model.to('{batch.device}')). "
+            f"The model raised: {error}")
+    conv = next((m for m in module.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), None)
+    if conv is not None:
+        rank = len(conv.kernel_size) + 2
+        if batch.dim() == rank - 1:
+            return ValueError(_missing_batch(conv, rank, batch, error))
+    return None
+
+
+def _missing_batch(conv, rank: int, batch: Tensor, error) -> str:
+    dims = ", ".join(["batch", "channels"] + {3: ["L"], 4: ["H", "W"], 5: ["D", "H", "W"]}.get(rank, ["..."]))
+    return (f"fastattr: inputs must have a batch dimension: the model's first convolution "
+            f"({type(conv).__name__}) expects {rank}-D input ({dims}), but each sample of inputs has shape "
+            f"{tuple(batch.shape[1:])}, i.e. inputs are {rank - 1}-D. For a single sample pass inputs.unsqueeze(0). "
+            f"The model {'raised: ' + str(error) if isinstance(error, Exception) else error}")
+
+
 def model_output(model, batch: Tensor) -> Tensor:
-    """``model(batch)``, checked to be a tensor with one row per input row."""
-    out = model(batch)
+    """``model(batch)``, checked to be a tensor with one row per input row.
+
+    A model that raises is explained when the cause is known (a dtype or
+    device mismatch between its parameters and the inputs, a missing batch
+    dimension); the original error is chained."""
+    try:
+        out = model(batch)
+    except RuntimeError as e:
+        better = _explain_failure(model, batch, e)
+        if better is None:
+            raise
+        raise better from e
     if not isinstance(out, Tensor):
+        if isinstance(out, dict):
+            keys = list(out)[:8]
+            got = f"a dict with keys {keys}"
+            how = f"lambda x: model(x)[{keys[0]!r}]" if keys else "lambda x: model(x)[KEY]"
+        elif isinstance(out, (tuple, list)):
+            got = f"a {type(out).__name__} of {len(out)} items"
+            how = "lambda x: model(x)[0]"
+        else:
+            got = type(out).__name__
+            how = "lambda x: model(x).logits"
         raise TypeError(
-            f"fastattr: model must return a tensor, got {type(out).__name__}; wrap it so that it returns "
-            "the scores to explain (e.g. lambda x: model(x)['out'])"
+            f"fastattr: model must return one tensor of scores, got {got}; select the output to explain by "
+            f"wrapping the model, e.g. {how}"
         )
     if out.dim() == 0 or out.shape[0] != batch.shape[0]:
-        raise ValueError(
-            f"fastattr: the model returned shape {tuple(out.shape)} for {batch.shape[0]} input rows of shape "
-            f"{tuple(batch.shape[1:])}; the first dimension of its output must be the batch"
-        )
+        msg = (f"fastattr: the model returned shape {tuple(out.shape)} for {batch.shape[0]} input rows of shape "
+               f"{tuple(batch.shape[1:])}; the first dimension of its output must be the batch")
+        module = _module(model)
+        conv = next((m for m in module.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), None) \
+            if module is not None else None
+        if conv is not None and batch.dim() == len(conv.kernel_size) + 1:
+            msg = _missing_batch(conv, batch.dim() + 1, batch, f"returned shape {tuple(out.shape)}")
+        raise ValueError(msg)
     return out
 
 

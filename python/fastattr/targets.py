@@ -203,13 +203,30 @@ class _Checks:
         self.done = done
 
 
+def check_finite_scores(scores: Tensor, checks: _Checks) -> None:
+    """The target scores of a call's first chunk must be finite (one host sync
+    per method call, shared by a target's subsets like the class range check)."""
+    if checks.done:
+        return
+    finite = torch.isfinite(scores.detach())
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        value = float(scores.detach()[~finite][0])
+        raise ValueError(
+            f"fastattr: the model output gave non-finite target scores ({bad} of {scores.shape[0]} rows of the "
+            f"first chunk, e.g. {value}); attributions of NaN or Inf scores are meaningless. Check the model and "
+            "inputs (an overflow in float16, a log of 0, NaN weights)")
+    checks.done = True
+
+
 class ClassTarget(ResolvedTarget):
     """One class per sample, ``classes`` (B,) int64 on the inputs' device."""
 
-    def __init__(self, classes: Tensor, checked: bool | _Checks = False):
+    def __init__(self, classes: Tensor, checked: bool | _Checks = False, finite: _Checks | None = None):
         self.classes = classes
         self.n_samples = classes.shape[0]
         self._range = checked if isinstance(checked, _Checks) else _Checks(checked)
+        self._finite = finite if finite is not None else _Checks()
 
     def check_output(self, output: Tensor) -> None:
         if output.dim() != 2:
@@ -228,10 +245,12 @@ class ClassTarget(ResolvedTarget):
 
     def scores(self, output: Tensor, index: Tensor) -> Tensor:
         self.check_output(output)
-        return output.gather(1, self.classes.index_select(0, index).unsqueeze(1)).squeeze(1)
+        s = output.gather(1, self.classes.index_select(0, index).unsqueeze(1)).squeeze(1)
+        check_finite_scores(s, self._finite)
+        return s
 
     def subset(self, index: Tensor) -> "ClassTarget":
-        return ClassTarget(self.classes.index_select(0, index.to(self.classes.device)), self._range)
+        return ClassTarget(self.classes.index_select(0, index.to(self.classes.device)), self._range, self._finite)
 
 
 def _takes_index(fn) -> bool:
@@ -247,12 +266,14 @@ class CallableTarget(ResolvedTarget):
     """A callable target (see the module docstring). ``mapping`` translates this
     batch's sample indices to the indices the callable knows (set by ``subset``)."""
 
-    def __init__(self, fn, n_samples: int, mapping: Tensor | None = None, rowwise: _Checks | None = None):
+    def __init__(self, fn, n_samples: int, mapping: Tensor | None = None, rowwise: _Checks | None = None,
+                 finite: _Checks | None = None):
         self.fn = fn
         self.n_samples = n_samples
         self.mapping = mapping
         self.takes_index = isinstance(fn, Region) or _takes_index(fn)
         self._rowwise = rowwise if rowwise is not None else _Checks(self.takes_index)
+        self._finite = finite if finite is not None else _Checks()
 
     def _call(self, output: Tensor, index: Tensor) -> Tensor:
         if self.takes_index:
@@ -282,6 +303,7 @@ class CallableTarget(ResolvedTarget):
                 "copies of the samples), not on your batch of "
                 f"{self.n_samples}; to use per-image data declare an `index` parameter (see fastattr.targets)"
             )
+        check_finite_scores(s, self._finite)
         if not self._rowwise.done and rows > 1:
             self._check_rowwise(output, s)
         return s
@@ -306,7 +328,7 @@ class CallableTarget(ResolvedTarget):
 
     def subset(self, index: Tensor) -> "CallableTarget":
         mapping = index if self.mapping is None else self.mapping.index_select(0, index.to(self.mapping.device))
-        return CallableTarget(self.fn, index.shape[0], mapping, self._rowwise)
+        return CallableTarget(self.fn, index.shape[0], mapping, self._rowwise, self._finite)
 
 
 def _class_indices(target, batch: int, device) -> Tensor:
@@ -343,6 +365,9 @@ def resolve(model, inputs: Tensor, target, batch_size: int | None = None) -> Res
         if target.n_samples != batch:
             raise ValueError(f"fastattr: a resolved target for {target.n_samples} samples cannot serve {batch}")
         return target
+    from .engine import check_model
+
+    check_model(model, inputs)  # once per method call (a noise tunnel's chunks come with a resolved target)
     if isinstance(target, Region):
         if target.n_images not in (1, batch):
             raise ValueError(f"fastattr.targets.region: {target.n_images} regions for {batch} images "

@@ -143,6 +143,57 @@ def _prepare_output(cfg: JobConfig, out: Path, spec: dict, fp: str, task: str) -
     return header
 
 
+def _check_out(path: str) -> None:
+    """``--out`` must be a directory (or not exist yet) under a writable parent."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise JobError(f"--out {path} exists and is not a directory; give a directory (new or of this job)")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise JobError(f"--out {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise JobError(f"--out {path} is not writable ({existing} does not permit writing)")
+
+
+class _OptionsChecked(Exception):
+    """Raised by the probe model at the method's first forward pass."""
+
+
+class _Probe(torch.nn.Module):
+    """The job's model, stopping the method at its first forward pass: every
+    argument check a method makes before running the model has then run."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        raise _OptionsChecked
+
+
+def _probe_options(cfg: JobConfig, fn, call_options: dict, gen_ok: bool, model, policy, sample: dict,
+                   device, dtype) -> None:
+    """Check the method's options on the first image before anything is written
+    to --out: a refused option must not leave an output folder behind. The
+    method is stopped at its first forward pass, so this costs its argument
+    checks (and the target's one forward pass) only."""
+    batch = collate([sample])
+    x = batch["image"].to(device=device, dtype=dtype)
+    target, _ = policy.resolve(model, x, batch["label"])
+    options = dict(call_options)
+    if gen_ok:
+        options["generator"] = torch.Generator(device=device).manual_seed(0)
+    with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
+        try:
+            fn(_Probe(model), x, target=target, **options)
+        except _OptionsChecked:
+            pass
+        except (ValueError, TypeError) as e:
+            raise JobError(f"method {cfg.method!r} refused its options: {str(e).removeprefix('fastattr: ')}") from e
+
+
 def _merge_manifest(out: Path, header: dict, store: ShardStore, n_shards: int, world_size: int) -> dict:
     shards, images = [], []
     seconds = rows = 0.0
@@ -209,6 +260,7 @@ def run_job(cfg: JobConfig, *, model: torch.nn.Module | None = None, model_desc:
     ``(image, label, mask)`` like the bundled data sets.
     """
     cfg.check()
+    _check_out(cfg.out)
     if methods is None:
         from ..methods import METHODS as methods
     fn = resolve_method(cfg.method, methods)
@@ -260,6 +312,8 @@ def run_job(cfg: JobConfig, *, model: torch.nn.Module | None = None, model_desc:
                 raise JobError("--metrics pointing needs a ground-truth mask per image (a bundled data set such as "
                                "bundled:shapes); the images of a folder have none")
             protocol = metric_protocol(model, source[0]["image"].shape if n else None, cfg.metrics)
+        if n:
+            _probe_options(cfg, fn, call_options, gen_ok, model, policy, source[0], device, dtype)
         spec = job_spec(cfg, recorded_options, model_desc, source.describe(), n)
         spec["task"] = task
         if protocol is not None:

@@ -391,6 +391,7 @@ def causal_ate(model, inputs: Tensor, ground_truth: Tensor, roi, block=8, patch_
     gh, gw = h // bh, w // bw
     touched = roi.reshape(b, gh, bh, gw, bw).any(4).any(2)  # (B, gh, gw)
     visited = ~touched
+    engine.check_model(model, x)
     with torch.no_grad():  # the factual pass of each image (its outcome is the base)
         factual = [engine.model_output(model, x[i:i + 1]) for i in range(b)]
     first = factual[0]
@@ -398,6 +399,9 @@ def causal_ate(model, inputs: Tensor, ground_truth: Tensor, roi, block=8, patch_
         raise ValueError(f"fastattr: causal_ate needs a segmentation model whose output (N, K, H, W) matches the "
                          f"input's {h}x{w}; got {tuple(first.shape)}")
     k = first.shape[1]
+    if isinstance(target_class, Tensor) and target_class.dim() == 0 and not target_class.dtype.is_floating_point \
+            and not target_class.dtype.is_complex and target_class.dtype != torch.bool:
+        target_class = int(target_class)  # a 0-d integer tensor, e.g. logits.argmax(1)[0]
     if target_class is not None and (isinstance(target_class, bool) or not isinstance(target_class, int)
                                      or not 0 <= target_class < k):
         raise ValueError(f"fastattr: target_class must be None or an int in [0, {k}), got {target_class!r}")

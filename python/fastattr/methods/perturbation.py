@@ -89,6 +89,7 @@ def with_activation(model, activation):
             return torch.sigmoid(out)
         return torch.softmax(out, dim=1)
 
+    activated.__wrapped__ = model  # the engine's model checks look through the wrapper
     return activated
 
 
