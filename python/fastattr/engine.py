@@ -27,6 +27,9 @@ Targets get each row's sample index, so they never depend on this layout.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -317,7 +320,7 @@ def gradients(model, target: ResolvedTarget, tiles: list[Tile], build: Build,
             points = build(tile).detach().requires_grad_(True)
             # Only the model runs under the context: a guided mode is for the
             # model's ReLUs, not for the target's own arithmetic.
-            with context if context is not None else contextlib.nullcontext():
+            with context if context is not None else contextlib.nullcontext(), _rows_of(tile, points):
                 out = model_output(model, points)
             s = target.scores(out, tile.sample_index(points.device))
             (grad,) = torch.autograd.grad(s.sum(), points)
@@ -333,7 +336,9 @@ def scores(model, target: ResolvedTarget, tiles: list[Tile], build: Build) -> It
         # caller's code would run under it.
         with torch.no_grad():
             points = build(tile)
-            s = target.scores(model_output(model, points), tile.sample_index(points.device))
+            with _rows_of(tile, points):
+                out = model_output(model, points)
+            s = target.scores(out, tile.sample_index(points.device))
         del points
         yield tile, s
 
@@ -347,3 +352,197 @@ def forward_scores(model, inputs: Tensor, target: ResolvedTarget, batch_size: in
             out = s.new_empty((inputs.shape[0],))
         out[tile.s0:tile.s1] = s
     return out
+
+
+# --------------------------------------------------------------------------- several inputs, forward arguments
+
+# The tile whose rows the model is running on (set by the evaluators around
+# each model call), so that a Bound model can give each row its sample's
+# per-example forward arguments.
+_TILE: contextvars.ContextVar = contextvars.ContextVar("fastattr_tile", default=None)
+
+
+@contextlib.contextmanager
+def _rows_of(tile: Tile, points):
+    token = _TILE.set(tile)
+    try:
+        yield
+    finally:
+        _TILE.reset(token)
+
+
+def _per_example(value, n_samples: int) -> bool:
+    return isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == n_samples
+
+
+class Bound:
+    """A model of several input tensors and extra forward arguments, seen by
+    the engine as a model of one tensor.
+
+    The methods attribute one ``(N, ...)`` tensor. Several inputs are packed
+    side by side, each sample flattened (:func:`pack`), and ``Bound(z)`` splits
+    a batch of packed rows back and calls ``model(*args[:place], *inputs,
+    *args[place:])``. Forward arguments that are tensors whose first dimension
+    is the batch size are per-example: each row (path point, perturbed or
+    noisy copy) sees its own sample's row, picked by the engine's tile (what
+    Captum's expansion of ``additional_forward_args`` amounts to); other
+    arguments are passed unchanged."""
+
+    def __init__(self, model, shapes: tuple | None, args: tuple, n_samples: int, place: int = 0,
+                 per_example: tuple | None = None):
+        self.__wrapped__ = model  # engine._module: training-mode warning, error explanations
+        self.model = model
+        self.shapes = shapes
+        self.sizes = None if shapes is None else [math.prod(s) for s in shapes]
+        self.args = tuple(args)
+        self.n_samples = n_samples
+        self.place = place
+        self.per_example = per_example if per_example is not None else tuple(
+            _per_example(a, n_samples) for a in self.args)
+
+    def split(self, z: Tensor) -> tuple:
+        if self.shapes is None:
+            return (z,)
+        parts = torch.split(z, self.sizes, dim=1)
+        return tuple(p.reshape((z.shape[0],) + tuple(s)) for p, s in zip(parts, self.shapes))
+
+    def _index(self, rows: int, device) -> Tensor:
+        tile = _TILE.get()
+        if tile is not None and tile.rows == rows and tile.s1 <= self.n_samples:
+            return tile.sample_index(device)
+        if rows == self.n_samples:
+            return torch.arange(rows, device=device)
+        raise ValueError(
+            f"fastattr: a model with per-example forward arguments (for {self.n_samples} samples) was called on "
+            f"{rows} rows outside the engine's evaluators, so the rows' samples are unknown")
+
+    def __call__(self, z: Tensor):
+        args = self.args
+        if any(self.per_example):
+            index = None
+            picked = []
+            for a, each in zip(args, self.per_example):
+                if each:
+                    if index is None:
+                        index = self._index(z.shape[0], a.device)
+                    a = a.index_select(0, index.to(a.device))
+                picked.append(a)
+            args = tuple(picked)
+        return self.model(*args[:self.place], *self.split(z), *args[self.place:])
+
+    def subset(self, index: Tensor) -> "Bound":
+        """The model of a new batch whose sample ``j`` is sample ``index[j]`` of this one."""
+        args = tuple(a.index_select(0, index.to(a.device)) if each else a
+                     for a, each in zip(self.args, self.per_example))
+        return Bound(self.model, self.shapes, args, index.shape[0], self.place, self.per_example)
+
+
+def subset_model(model, index: Tensor):
+    """``model`` for a new batch whose sample ``j`` is sample ``index[j]`` of the
+    current one (a noise tunnel's chunk of noisy copies): a :class:`Bound`
+    model's per-example arguments follow; any other model is unchanged."""
+    return model.subset(index) if isinstance(model, Bound) else model
+
+
+def forward_args(additional_forward_args) -> tuple:
+    """Captum's ``additional_forward_args``: ``None``, a value, or a tuple of values."""
+    if additional_forward_args is None:
+        return ()
+    if isinstance(additional_forward_args, tuple):
+        return additional_forward_args
+    return (additional_forward_args,)
+
+
+def check_input_tuple(inputs, name: str = "inputs") -> tuple:
+    """A non-empty tuple of floating tensors with one batch size, dtype and device."""
+    if not isinstance(inputs, tuple) or len(inputs) == 0:
+        raise TypeError(f"fastattr: {name} must be a tensor or a non-empty tuple of tensors, "
+                        f"got {type(inputs).__name__ if not isinstance(inputs, tuple) else 'an empty tuple'}")
+    first = inputs[0]
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"fastattr: {name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"fastattr: {name}[{i}] must be a floating-point tensor, got {t.dtype}")
+        if t.dim() < 1 or t.shape[0] == 0:
+            raise ValueError(f"fastattr: {name}[{i}] must have a non-empty batch dimension, got shape "
+                             f"{tuple(t.shape)}")
+        if not isinstance(first, Tensor) or t.shape[0] != first.shape[0]:
+            raise ValueError(f"fastattr: every tensor of {name} needs the same batch size: {name}[0] has "
+                             f"{first.shape[0]}, {name}[{i}] has {t.shape[0]}")
+        if t.dtype != first.dtype:
+            raise TypeError(f"fastattr: every tensor of {name} needs the same dtype: {name}[0] is {first.dtype}, "
+                            f"{name}[{i}] is {t.dtype}")
+        if t.device != first.device:
+            raise ValueError(f"fastattr: every tensor of {name} must be on one device: {name}[0] is on "
+                             f"{first.device}, {name}[{i}] on {t.device}")
+    return inputs
+
+
+def pack(inputs: tuple) -> tuple[Tensor, tuple]:
+    """Several inputs as one ``(B, D1 + D2 + ...)`` tensor (each sample
+    flattened), and their per-sample shapes for :func:`unpack`."""
+    inputs = check_input_tuple(inputs)
+    b = inputs[0].shape[0]
+    shapes = tuple(tuple(t.shape[1:]) for t in inputs)
+    return torch.cat([t.detach().reshape(b, -1) for t in inputs], dim=1), shapes
+
+
+def unpack(flat: Tensor, shapes: tuple) -> tuple:
+    """Inverse of :func:`pack`: one tensor per input."""
+    sizes = [math.prod(s) for s in shapes]
+    return tuple(p.reshape((flat.shape[0],) + s) for p, s in zip(torch.split(flat, sizes, dim=1), shapes))
+
+
+def pack_per_input(value, inputs: tuple, name: str, convert: Callable) -> Tensor:
+    """A per-input argument given as a tuple (one entry per input) packed like
+    the inputs: ``convert(value[i], inputs[i], name)`` gives each a tensor of
+    shape ``(1 or B, *inputs[i].shape[1:])``."""
+    if not isinstance(value, tuple) or len(value) != len(inputs):
+        got = f"a tuple of {len(value)}" if isinstance(value, tuple) else type(value).__name__
+        raise ValueError(f"fastattr: with {len(inputs)} input tensors, {name} must be a tuple of {len(inputs)} "
+                         f"(one per input), got {got}")
+    parts = [convert(v, x, f"{name}[{i}]") for i, (v, x) in enumerate(zip(value, inputs))]
+    lead = max(p.shape[0] for p in parts)
+    return torch.cat([p.expand((lead,) + tuple(p.shape[1:])).reshape(lead, -1) for p in parts], dim=1)
+
+
+def several_inputs(**per_input: Callable):
+    """Decorator: a method of one input tensor also takes a tuple of input
+    tensors (returning a tuple of attributions, one per input) and
+    ``additional_forward_args`` (passed to the model after the inputs, see
+    :class:`Bound`), running on the one engine through :func:`pack`.
+
+    ``per_input`` names the method's per-input arguments and how to convert
+    each entry of their tuples (``convert(value, input, name)``); a non-tuple
+    value is passed on as it is (a number applies to every input)."""
+    def wrap(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def method(model, inputs, *args, additional_forward_args=None, **kwargs):
+            if isinstance(inputs, Tensor) and additional_forward_args is None:
+                return fn(model, inputs, *args, **kwargs)
+            bound = signature.bind(model, inputs, *args, **kwargs)
+            call = dict(bound.arguments)
+            if isinstance(inputs, Tensor):
+                flat, shapes = inputs, None
+            else:
+                flat, shapes = pack(inputs)
+                for name, convert in per_input.items():
+                    value = call.get(name)
+                    if isinstance(value, tuple):
+                        call[name] = pack_per_input(value, inputs, name, convert)
+                    elif isinstance(value, Tensor):
+                        raise TypeError(f"fastattr: with {len(inputs)} input tensors, {name} must be a number or a "
+                                        f"tuple of {len(inputs)} (one per input), got a tensor")
+            call["model"] = Bound(model, shapes, forward_args(additional_forward_args), flat.shape[0])
+            call["inputs"] = flat
+            out = fn(**call)
+            if shapes is None:
+                return out
+            if isinstance(out, tuple):
+                return (unpack(out[0], shapes),) + tuple(out[1:])
+            return unpack(out, shapes)
+        return method
+    return wrap

@@ -8,6 +8,9 @@ guided rules here reach every ReLU however it is called (``nn.ReLU``,
 where Captum's module hooks see ``nn.ReLU`` modules only and silently give
 plain gradients through functional ReLUs (torchvision's GoogLeNet, DenseNet).
 
+Each also takes a tuple of input tensors (returning one attribution per
+input) and ``additional_forward_args`` (see :func:`fastattr.engine.several_inputs`).
+
 The model is called as is (put it in ``eval()`` first if it has dropout or
 batch norm); its parameters, flags and hooks are left untouched, and no
 parameter gradients are accumulated.
@@ -40,6 +43,7 @@ def input_gradients(model, inputs: Tensor, target: Target = None, batch_size: in
     return grads
 
 
+@engine.several_inputs()
 def saliency(model: Callable[[Tensor], Tensor], inputs: Tensor, target: Target = None, abs: bool = True,
              batch_size: int | None = None) -> Tensor:
     """Saliency (Simonyan et al., 2013): ``|d f_c / d x|``, or the signed gradient with ``abs=False``.
@@ -54,12 +58,14 @@ def saliency(model: Callable[[Tensor], Tensor], inputs: Tensor, target: Target =
     return grads.abs() if abs else grads
 
 
+@engine.several_inputs()
 def input_x_gradient(model: Callable[[Tensor], Tensor], inputs: Tensor, target: Target = None,
                      batch_size: int | None = None) -> Tensor:
     """Input x gradient (Shrikumar et al., 2016): ``x * d f_c / d x``, as Captum's ``InputXGradient``."""
     return input_gradients(model, inputs, target, batch_size) * inputs.detach()
 
 
+@engine.several_inputs()
 def guided_backprop(model: Callable[[Tensor], Tensor], inputs: Tensor, target: Target = None,
                     batch_size: int | None = None) -> Tensor:
     """Guided backpropagation (Springenberg et al., 2015): every ReLU / ReLU6 passes
@@ -68,6 +74,7 @@ def guided_backprop(model: Callable[[Tensor], Tensor], inputs: Tensor, target: T
     return input_gradients(model, inputs, target, batch_size, guided(model, mode="guided"))
 
 
+@engine.several_inputs()
 def deconvnet(model: Callable[[Tensor], Tensor], inputs: Tensor, target: Target = None,
               batch_size: int | None = None) -> Tensor:
     """Deconvnet (Zeiler & Fergus, 2014): every ReLU / ReLU6 passes ``relu(g)``

@@ -32,7 +32,7 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _path_integral(model, inputs, target, baselines, n_steps, method, batch_size, return_delta,
-                   context: GuidedMode | None):
+                   context: GuidedMode | None, multiply_by_inputs: bool = True):
     x = check_inputs(inputs).detach()
     xb = check_baselines(baselines, x).detach()
     alphas, weights = nodes_and_weights(method, n_steps)
@@ -55,7 +55,9 @@ def _path_integral(model, inputs, target, baselines, n_steps, method, batch_size
     for tile, grad, _ in engine.gradients(model, target, tiles, build, context):
         ops.ig_accumulate_(total[tile.s0:tile.s1], grad, weights[tile.k0:tile.k1])
 
-    attr = (total * (x.to(acc) - xb.to(acc))).to(x.dtype)
+    if not isinstance(multiply_by_inputs, bool):
+        raise TypeError(f"fastattr: multiply_by_inputs must be a bool, got {type(multiply_by_inputs).__name__}")
+    attr = (total * (x.to(acc) - xb.to(acc)) if multiply_by_inputs else total).to(x.dtype)
     if not return_delta:
         return attr
     # Completeness gap per sample, like Captum's compute_convergence_delta; the
@@ -65,6 +67,7 @@ def _path_integral(model, inputs, target, baselines, n_steps, method, batch_size
     return attr, delta
 
 
+@engine.several_inputs(baselines=check_baselines)
 def integrated_gradients(
     model: Callable[[Tensor], Tensor],
     inputs: Tensor,
@@ -74,6 +77,7 @@ def integrated_gradients(
     method: str = "gausslegendre",
     batch_size: int | None = None,
     return_delta: bool = False,
+    multiply_by_inputs: bool = True,
 ):
     """Integrated Gradients, Captum-compatible.
 
@@ -106,13 +110,25 @@ def integrated_gradients(
         return_delta: also return the per-sample completeness gap
             ``sum(attr) - (f_c(x) - f_c(x'))`` (Captum's convergence delta).
 
+        multiply_by_inputs: ``False`` returns the path integral of the gradient
+            without the factor ``(x - x')`` (Captum's ``multiply_by_inputs=False``,
+            "local" IG); ``delta`` is then still ``sum(attr) - gap``, as in Captum.
+
+    Several inputs: ``inputs`` may be a tuple of tensors (the model takes them
+    as positional arguments) with ``baselines`` a number or a tuple with one
+    entry per input; the result is then a tuple. ``additional_forward_args``
+    (a value or tuple) is passed to the model after the inputs (see
+    :func:`fastattr.engine.several_inputs`).
+
     Returns:
         ``attr`` with the shape and dtype of ``inputs``, or ``(attr, delta)``
         with ``delta`` of shape ``(B,)``.
     """
-    return _path_integral(model, inputs, target, baselines, n_steps, method, batch_size, return_delta, None)
+    return _path_integral(model, inputs, target, baselines, n_steps, method, batch_size, return_delta, None,
+                          multiply_by_inputs)
 
 
+@engine.several_inputs(baselines=check_baselines)
 def gnl_integrated_gradients(
     model: Callable[[Tensor], Tensor],
     inputs: Tensor,

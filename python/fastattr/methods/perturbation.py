@@ -470,6 +470,15 @@ def occlusion(model, inputs: Tensor, target: Target = None, sliding_window_shape
     return (spread[crop] / cover[crop]).to(x.dtype)
 
 
+def _input_feature_segments(mask, x: Tensor, name: str) -> Tensor:
+    # One input's mask of several: ids shared by two inputs are one feature,
+    # ablated in both at once (Captum 0.9's cross-tensor masks).
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"fastattr: {name} must be an integer tensor, got {type(mask).__name__}")
+    return _feature_segments(mask, x, name)
+
+
+@engine.several_inputs(baselines=check_baselines, feature_mask=_input_feature_segments)
 def feature_ablation(model, inputs: Tensor, target: Target = None, feature_mask: Tensor | str | None = None,
                      baselines: Tensor | float | None = None, batch_size: int | None = None) -> Tensor:
     """Feature ablation with Captum's ``FeatureAblation`` semantics.
@@ -509,18 +518,18 @@ def feature_ablation(model, inputs: Tensor, target: Target = None, feature_mask:
     return delta.gather(1, seg).view_as(x).to(x.dtype)
 
 
-def _feature_segments(feature_mask, x: Tensor) -> Tensor:
+def _feature_segments(feature_mask, x: Tensor, name: str = "feature_mask") -> Tensor:
     """Feature ids as an int64 tensor of shape (1 or B, *x.shape[1:])."""
     if feature_mask is None:
         return torch.arange(x[0].numel(), device=x.device).view(1, *x.shape[1:])
     if isinstance(feature_mask, str):
         return _named_feature_mask(feature_mask, x)
     if not isinstance(feature_mask, Tensor):
-        raise TypeError(f"fastattr: feature_mask must be an integer tensor or None, got {type(feature_mask).__name__}")
+        raise TypeError(f"fastattr: {name} must be an integer tensor or None, got {type(feature_mask).__name__}")
     if feature_mask.dtype.is_floating_point or feature_mask.dtype.is_complex or feature_mask.dtype == torch.bool:
-        raise TypeError(f"fastattr: feature_mask must hold integer feature ids, got {feature_mask.dtype}")
+        raise TypeError(f"fastattr: {name} must hold integer feature ids, got {feature_mask.dtype}")
     if feature_mask.device != x.device:
-        raise ValueError(f"fastattr: feature_mask must be on {x.device} like inputs, got {feature_mask.device}")
+        raise ValueError(f"fastattr: {name} must be on {x.device} like inputs, got {feature_mask.device}")
     m = feature_mask
     if m.dim() == x.dim() - 1:
         m = m.unsqueeze(0)
@@ -530,7 +539,7 @@ def _feature_segments(feature_mask, x: Tensor) -> Tensor:
             raise RuntimeError
         m = torch.broadcast_to(m, (lead, *x.shape[1:]))
     except RuntimeError:
-        raise ValueError(f"fastattr: feature_mask of shape {tuple(feature_mask.shape)} does not broadcast to inputs "
+        raise ValueError(f"fastattr: {name} of shape {tuple(feature_mask.shape)} does not broadcast to inputs "
                          f"of shape {tuple(x.shape)} (its batch dimension must be 1 or {x.shape[0]})") from None
     return m.long().contiguous()
 

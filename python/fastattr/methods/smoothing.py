@@ -238,7 +238,9 @@ def smooth_grad(
         if baselines is not None:
             kwargs["baselines"] = baselines.select(batch, n, b0, b1, s0, s1)
         with derived_inputs():
-            out = fn(model, noisy, target=target_rows, batch_size=batch_size, **kwargs)
+            # A Bound model's per-example forward arguments follow the copies.
+            out = fn(engine.subset_model(model, tile.sample_index(inputs.device)), noisy, target=target_rows,
+                     batch_size=batch_size, **kwargs)
         delta = None
         if isinstance(out, tuple):
             if len(out) != 2:
@@ -336,7 +338,8 @@ def smooth_taylor(
         x = _rows(inputs, b0, b1, reps)
         roots = x + _rows(sigma, b0, b1, reps).view(bcast) * _grid(eps, batch, n, b0, b1, s0, s1)
         with derived_inputs():
-            grads = input_gradients(model, roots, target=target_rows, batch_size=rows)
+            grads = input_gradients(engine.subset_model(model, tile.sample_index(inputs.device)), roots,
+                                    target=target_rows, batch_size=rows)
         with torch.no_grad():
             term = (x - roots) * grads.detach()
             total[b0:b1] += term.view((b1 - b0, reps) + tuple(inputs.shape[1:])).to(total.dtype).sum(dim=1)
