@@ -2,6 +2,7 @@
 imports give the same results (float64, normwise relative error <= 1e-5)."""
 
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -248,26 +249,458 @@ def test_noise_tunnel_generator_reproducible():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-# --------------------------------------------------------------------------- unsupported / errors
+# --------------------------------------------------------------------------- the parity matrix
+# Fresh random models and inputs per case (seeded by the case), three layer-free
+# shapes of one input (vectors, images, sequences of embeddings) and a model of
+# three inputs with per-example and constant forward arguments.
 
 
-def test_unsupported_and_errors():
+class Sequence(nn.Module):
+    """Sequences of embeddings (N, T, E) -> 4 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Linear(5, 8)
+        self.act = nn.ReLU()
+        self.out = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.out(self.act(self.mix(x)).mean(1))
+
+
+class ThreeInputs(nn.Module):
+    """forward(vec (N, 6), img (N, 2, 5, 5), seq (N, 4, 3), scale (N, 1), shift 0-d, flip bool) -> (N, 4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.vec = nn.Linear(6, 8)
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.seq = nn.Linear(3, 8)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(8 + 27 + 8, 4)
+
+    def forward(self, vec, img, seq, scale=None, shift=None, flip=False):
+        h = torch.cat([self.relu(self.vec(vec)), self.relu(self.conv(img)).flatten(1),
+                       self.relu(self.seq(seq)).mean(1)], 1)
+        out = self.head(h)
+        if scale is not None:
+            out = out * scale + shift
+        return -out if flip else out
+
+
+def seed_of(*parts) -> int:
+    """A fixed seed per test case (str hashes change from run to run)."""
+    return zlib.crc32(repr(parts).encode()) % 10000
+
+
+def make_case(kind, seed, batch=3):
+    """(model, inputs, additional_forward_args) of a fresh random case."""
+    torch.manual_seed(seed)
+    if kind == "vector":
+        return mlp(seed), torch.randn(batch, 6, dtype=F64), None
+    if kind == "image":
+        return cnn(seed), torch.randn(batch, 2, 6, 6, dtype=F64), None
+    if kind == "sequence":
+        return Sequence().to(F64).eval(), torch.randn(batch, 7, 5, dtype=F64), None
+    model = ThreeInputs().to(F64).eval()
+    xs = (torch.randn(batch, 6, dtype=F64), torch.randn(batch, 2, 5, 5, dtype=F64), torch.randn(batch, 4, 3, dtype=F64))
+    args = (torch.rand(batch, 1, dtype=F64) + 0.5, torch.tensor(0.3, dtype=F64), True) if kind == "multi+args" else None
+    return model, xs, args
+
+
+KINDS = ["vector", "image", "sequence", "multi", "multi+args"]
+TARGETS = ["int", "0d", "1-tuple", "list", "tensor"]
+
+
+def make_target(form, batch=3, classes=(3, 4)):
+    c = min(classes)
+    return {"int": 2, "0d": torch.tensor(1), "1-tuple": (c - 1,), "list": [0, 2, 1][:batch],
+            "tensor": torch.tensor([2, 1, 0][:batch])}[form]
+
+
+def make_baselines(form, inputs, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    xs = inputs if isinstance(inputs, tuple) else (inputs,)
+
+    def one(x, f):
+        if f == "scalar":
+            return 0.25
+        if f == "full":
+            return torch.randn(x.shape, generator=g, dtype=F64)
+        return torch.randn((1,) + tuple(x.shape[1:]), generator=g, dtype=F64)  # "row"
+
+    if form == "none":
+        return None
+    if form == "mixed":  # a tuple of scalars and tensors
+        return tuple(one(x, ["scalar", "full", "row"][i % 3]) for i, x in enumerate(xs))
+    if isinstance(inputs, tuple):
+        return tuple(one(x, form) for x in xs)
+    return one(inputs, form)
+
+
+def call_both(name, model, ctor=None, **kw):
+    ctor = ctor or {}
+    ref = getattr(captum_attr, name)(model, **ctor).attribute(**kw)
+    ours = getattr(fc, name)(model, **ctor).attribute(**kw)
+    return ours, ref
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", ["Saliency", "InputXGradient", "GuidedBackprop", "Deconvolution"])
+def test_matrix_gradient_methods(name, target, kind):
+    model, x, args = make_case(kind, seed=seed_of(name, target, kind))
+    ours, ref = call_both(name, model, inputs=x, target=make_target(target), additional_forward_args=args)
+    assert isinstance(ours, tuple) == isinstance(x, tuple)
+    assert_rel(ours, ref)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("baselines", ["none", "scalar", "full", "row", "mixed"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_matrix_integrated_gradients(kind, baselines, target):
+    model, x, args = make_case(kind, seed=seed_of(baselines, target, kind))
+    kw = dict(inputs=x, baselines=make_baselines(baselines, x), target=make_target(target),
+              additional_forward_args=args, n_steps=11, return_convergence_delta=True)
+    (ours, d_ours), (ref, d_ref) = call_both("IntegratedGradients", model, **kw)
+    assert_rel(ours, ref)
+    assert_rel(d_ours, d_ref)
+
+
+@pytest.mark.parametrize("kind", ["vector", "multi+args"])
+@pytest.mark.parametrize("internal_batch_size", [1, 4, 7, 200])
+@pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid"])
+def test_ig_internal_batch_size(kind, internal_batch_size, method):
+    model, x, args = make_case(kind, seed=internal_batch_size)
+    kw = dict(inputs=x, target=[1, 0, 2], additional_forward_args=args, n_steps=9, method=method,
+              internal_batch_size=internal_batch_size, baselines=make_baselines("mixed", x))
+    assert_rel(*call_both("IntegratedGradients", model, **kw))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("target", ["int", "list"])
+def test_ig_multiply_by_inputs_false(kind, target):
+    model, x, args = make_case(kind, seed=11)
+    kw = dict(inputs=x, baselines=make_baselines("mixed", x), target=make_target(target),
+              additional_forward_args=args, n_steps=8, return_convergence_delta=True)
+    (ours, d_ours), (ref, d_ref) = call_both("IntegratedGradients", model, ctor={"multiply_by_inputs": False}, **kw)
+    assert_rel(ours, ref)
+    assert_rel(d_ours, d_ref)
+    assert not fc.IntegratedGradients(model, multiply_by_inputs=False).multiplies_by_inputs
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_compute_convergence_delta(kind):
+    model, x, args = make_case(kind, seed=21)
+    start = make_baselines("mixed", x)
+    attr = captum_attr.IntegratedGradients(model).attribute(x, baselines=start, target=[1, 2, 0],
+                                                            additional_forward_args=args, n_steps=5)
+    ref = captum_attr.IntegratedGradients(model).compute_convergence_delta(
+        attr, start, x, target=[1, 2, 0], additional_forward_args=args)
+    ours = fc.IntegratedGradients(model).compute_convergence_delta(
+        attr, start, x, target=[1, 2, 0], additional_forward_args=args)
+    assert_rel(ours, ref)
+    assert ref.abs().max() > 1e-6  # 5 steps: the gap is not zero, so the test can fail
+
+
+def window_for(x):
+    return tuple(min(2, d) for d in x.shape[1:])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("baselines", ["none", "scalar", "full", "row", "mixed"])
+@pytest.mark.parametrize("perturbations_per_eval", [1, 3, 1000])
+def test_matrix_occlusion(kind, baselines, perturbations_per_eval):
+    model, x, args = make_case(kind, seed=seed_of(kind, baselines, perturbations_per_eval))
+    xs = x if isinstance(x, tuple) else (x,)
+    windows = tuple(window_for(t) for t in xs)
+    strides = tuple(tuple(1 + (i % 2) for i in range(t.dim() - 1)) for t in xs)
+    kw = dict(inputs=x, sliding_window_shapes=windows if isinstance(x, tuple) else windows[0],
+              strides=strides if isinstance(x, tuple) else strides[0], baselines=make_baselines(baselines, x),
+              target=[1, 0, 2], additional_forward_args=args, perturbations_per_eval=perturbations_per_eval)
+    assert_rel(*call_both("Occlusion", model, **kw))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_occlusion_targets_and_int_strides(target):
+    model, x, _ = make_case("image", seed=3)
+    kw = dict(inputs=(x,), sliding_window_shapes=((2, 3, 3),), strides=2, target=make_target(target))
+    ours, ref = call_both("Occlusion", model, **kw)
+    assert isinstance(ours, tuple)
+    assert_rel(ours, ref)
+
+
+def masks_for(x, seed):
+    """A feature mask with a batch dimension of 1, ids 0..3 (shared across inputs)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 4, (1,) + tuple(x.shape[1:]), generator=g)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("baselines", ["none", "scalar", "full", "row", "mixed"])
+@pytest.mark.parametrize("mask", ["none", "mask"])
+@pytest.mark.parametrize("perturbations_per_eval", [1, 4])
+def test_matrix_feature_ablation(kind, baselines, mask, perturbations_per_eval):
+    model, x, args = make_case(kind, seed=seed_of(kind, baselines, mask, perturbations_per_eval))
+    feature_mask = None
+    if mask == "mask":
+        feature_mask = tuple(masks_for(t, i) for i, t in enumerate(x)) if isinstance(x, tuple) else masks_for(x, 0)
+    kw = dict(inputs=x, baselines=make_baselines(baselines, x), target=[2, 0, 1], additional_forward_args=args,
+              feature_mask=feature_mask, perturbations_per_eval=perturbations_per_eval)
+    assert_rel(*call_both("FeatureAblation", model, **kw))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_feature_ablation_targets_per_example_masks(target):
+    model, x, _ = make_case("vector", seed=8)
+    mask = torch.stack([torch.arange(6) // 2, torch.arange(6) % 3, torch.zeros(6, dtype=torch.long)])
+    kw = dict(inputs=x, target=make_target(target), feature_mask=mask, perturbations_per_eval=2)
+    assert_rel(*call_both("FeatureAblation", model, **kw))
+
+
+class MultiFeed:
+    """Captum's NoiseTunnel adds noise input by input, chunk after chunk: feed
+    each input's unit draw eps[i] (sample-major) in that order."""
+
+    def __init__(self, eps, batch, n):
+        self.feeds = [CaptumNoiseFeed(e, batch, n) for e in eps]
+        self.calls = 0
+
+    def __call__(self, inp, stdev, p):
+        feed_ = self.feeds[self.calls % len(self.feeds)]
+        self.calls += 1
+        return feed_(inp, stdev, p)
+
+
+@pytest.mark.parametrize("kind", ["multi", "multi+args", "sequence"])
+@pytest.mark.parametrize("name", GRADIENT_METHODS)
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_noise_tunnel_several_inputs(monkeypatch, kind, name, chunk):
+    model, x, args = make_case(kind, seed=31)
+    xs = x if isinstance(x, tuple) else (x,)
+    n = 5
+    eps = tuple(unit_noise(3, n, t.shape[1:], seed=40 + i) for i, t in enumerate(xs))
+    monkeypatch.setattr(captum_attr.NoiseTunnel, "_add_noise_to_input", staticmethod(MultiFeed(eps, 3, n)))
+    stdevs = tuple(0.1 * (i + 1) for i in range(len(xs))) if isinstance(x, tuple) else 0.2
+    kw = dict(nt_type="smoothgrad_sq", nt_samples=n, nt_samples_batch_size=chunk, stdevs=stdevs,
+              target=[0, 3, 1], additional_forward_args=args)
+    if name == "IntegratedGradients":
+        kw.update(n_steps=5, baselines=make_baselines("mixed", x), return_convergence_delta=True)
+    ref = captum_attr.NoiseTunnel(getattr(captum_attr, name)(model)).attribute(x, **kw)
+    ours = fc.NoiseTunnel(getattr(fc, name)(model)).attribute(x, noise=eps if isinstance(x, tuple) else eps[0],
+                                                             **kw)
+    assert_rel(ours, ref)
+
+
+def test_show_progress_counts_forward_passes(capsys):
+    model, x, args = make_case("multi+args", seed=2)
+    kw = dict(inputs=x, target=1, additional_forward_args=args, perturbations_per_eval=2, show_progress=True)
+    ours, ref = call_both("FeatureAblation", model, **kw)
+    assert_rel(ours, ref)
+    err = capsys.readouterr().err
+    n_features = sum(t[0].numel() for t in x)
+    # one pass for f(x), then n_features ablations 2 per pass
+    assert f"{1 + -(-n_features // 2)}pass" in err.replace(" ", "") or f"{1 + -(-n_features // 2)}/" in err
+
+
+# --------------------------------------------------------------------------- Captum's errors
+
+
+def _invalid_calls():
+    x, model, grid = torch.randn(2, 6, dtype=F64), mlp(), Grid()
+    xs = (x, torch.randn(2, 6, dtype=F64))
+    two = lambda a, b: a(b) + 0 * a(b)  # noqa: E731
+    return {
+        "inputs is a list": ("Saliency", model, dict(inputs=[x], target=0)),
+        "target None, several outputs (gradient)": ("Saliency", model, dict(inputs=x)),
+        "target None, several outputs (IG)": ("IntegratedGradients", model, dict(inputs=x)),
+        "target list too short": ("Saliency", model, dict(inputs=x, target=[0])),
+        "target tensor of a wrong shape": ("InputXGradient", model, dict(inputs=x, target=torch.tensor([[0, 1]]))),
+        "target list of strings": ("Saliency", model, dict(inputs=x, target=["a", "b"])),
+        "target of a wrong type": ("Saliency", model, dict(inputs=x, target=1.5)),
+        "baselines of the wrong count": ("IntegratedGradients", model, dict(inputs=x, baselines=(0.0, 0.0),
+                                                                           target=0)),
+        "baselines for two inputs, one given": ("IntegratedGradients", lambda a, b: model(a) + model(b),
+                                                dict(inputs=xs, baselines=0.0, target=0)),
+        "baseline of a wrong type": ("IntegratedGradients", model, dict(inputs=x, baselines="zero", target=0)),
+        "baseline of a wrong batch": ("IntegratedGradients", model, dict(inputs=x, baselines=torch.zeros(3, 6,
+                                                                                                      dtype=F64),
+                                                                        target=0)),
+        "IG method unknown": ("IntegratedGradients", model, dict(inputs=x, target=0, method="simpson")),
+        "occlusion window too large": ("Occlusion", model, dict(inputs=x, sliding_window_shapes=(7,), target=0)),
+        "occlusion windows count": ("Occlusion", two, dict(inputs=xs, sliding_window_shapes=((2,),), target=0)),
+        "occlusion window rank": ("Occlusion", model, dict(inputs=x, sliding_window_shapes=((2, 2),), target=0)),
+        "occlusion stride > window": ("Occlusion", model, dict(inputs=x, sliding_window_shapes=(2,), strides=3,
+                                                               target=0)),
+        "occlusion strides count": ("Occlusion", two, dict(inputs=xs, sliding_window_shapes=((2,), (2,)),
+                                                           strides=(1, 1, 1), target=0)),
+        "ablation perturbations_per_eval 0": ("FeatureAblation", model, dict(inputs=x, target=0,
+                                                                             perturbations_per_eval=0)),
+        "tuple target in a 2-D output": ("Saliency", grid, dict(inputs=x, target=(0, 1, 2))),
+    }
+
+
+INVALID = _invalid_calls()
+
+
+@pytest.mark.parametrize("case", list(INVALID))
+def test_invalid_arguments_raise_captums_exception_type(case):
+    name, model, kw = INVALID[case]
+    with pytest.raises(Exception) as ref:
+        getattr(captum_attr, name)(model).attribute(**kw)
+    with pytest.raises(Exception) as ours:
+        getattr(fc, name)(model).attribute(**kw)
+    assert isinstance(ours.value, ref.type), (ref.type, ours.value)
+    assert "fastattr" in str(ours.value)
+
+
+def test_noise_tunnel_invalid_arguments():
     model, x = mlp(), torch.randn(2, 6, dtype=F64)
-    with pytest.raises(NotImplementedError, match="one input tensor"):
-        fc.Saliency(model).attribute((x, x), target=0)
-    with pytest.raises(NotImplementedError, match="multiply_by_inputs"):
-        fc.IntegratedGradients(model, multiply_by_inputs=False)
-    with pytest.raises(NotImplementedError, match="stdevs"):
-        fc.NoiseTunnel(fc.Saliency(model)).attribute(x, stdevs=(0.1, 0.2), target=0)
-    with pytest.raises(TypeError, match="fastattr.captum"):
-        fc.NoiseTunnel(captum_attr.Saliency(model))
+    for kw in (dict(nt_type="smoothgrad_abs"), dict(stdevs=(0.1, 0.2))):
+        with pytest.raises(AssertionError):
+            captum_attr.NoiseTunnel(captum_attr.Saliency(model)).attribute(x, target=0, **kw)
+        with pytest.raises(AssertionError):
+            fc.NoiseTunnel(fc.Saliency(model)).attribute(x, target=0, **kw)
+
+
+def test_fastattr_errors_without_captum_twin():
+    model, x = mlp(), torch.randn(2, 6, dtype=F64)
     with pytest.raises(TypeError, match="nn.Module"):
         fc.GuidedBackprop(lambda z: model(z))
     with pytest.raises(TypeError, match="baselines"):
         fc.NoiseTunnel(fc.Saliency(model)).attribute(x, target=0, baselines=x)
-    with pytest.raises(ValueError, match="nt_type"):
-        fc.NoiseTunnel(fc.Saliency(model)).attribute(x, target=0, nt_type="smoothgrad_abs")
+    with pytest.raises(TypeError, match="gradient method"):
+        fc.NoiseTunnel(fc.Occlusion(model))
+    with pytest.raises(TypeError, match="multiply_by_inputs"):
+        fc.IntegratedGradients(model, multiply_by_inputs="no")
     with pytest.raises(ValueError, match="nt_samples"):
         fc.NoiseTunnel(fc.Saliency(model)).attribute(x, target=0, nt_samples=0)
-    with pytest.raises(ValueError, match="target"):
-        fc.Saliency(model).attribute(x, target=[0, 1, 2])
+
+
+# --------------------------------------------------------------------------- deliberate differences
+
+
+class FunctionalRelu(nn.Module):
+    """The cnn's layers with functional (one in place) ReLUs instead of nn.ReLU modules."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        n = self.net
+        h = torch.nn.functional.relu(n[0](x))
+        h = n[3](n[2](h))
+        return n[6](n[4](h).relu_())
+
+
+@pytest.mark.parametrize("name", ["GuidedBackprop", "Deconvolution"])
+def test_functional_relus_are_guided_in_fastattr(name):
+    """Captum's hooks see nn.ReLU modules only: on functional ReLUs it silently
+    gives plain gradients. fastattr guides every ReLU, so on the functional
+    model it gives what Captum gives on the same weights with nn.ReLU modules."""
+    net = cnn(4)
+    functional = FunctionalRelu(net).eval()
+    x = torch.randn(3, 2, 6, 6, dtype=F64)
+    target = [0, 1, 2]
+    modules = getattr(captum_attr, name)(net).attribute(x, target=target)
+    ours = getattr(fc, name)(functional).attribute(x, target=target)
+    assert_rel(ours, modules)
+    captum_functional = getattr(captum_attr, name)(functional).attribute(x, target=target)
+    plain = captum_attr.Saliency(functional).attribute(x, target=target, abs=False)
+    assert_rel(captum_functional, plain)  # Captum: an ordinary gradient here
+    assert (captum_functional - ours).abs().max() > 1e-3
+
+
+def test_occlusion_dtype_differs():
+    model, x, _ = make_case("vector", seed=1)
+    ours, ref = call_both("Occlusion", model, inputs=x, sliding_window_shapes=(2,), target=0)
+    assert ref.dtype == torch.float32 and ours.dtype == F64  # Captum divides in float32
+    assert_rel(ours, ref)
+
+
+# --------------------------------------------------------------------------- fastattr's own classes
+
+
+def test_gnl_ig_class_is_ig_without_relus_and_max_pools():
+    """GNL only changes ReLU and max-pool gradients: on a model with neither it is Captum's IG."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 4)).to(F64).eval()
+    x = (torch.randn(3, 6, dtype=F64),)
+    kw = dict(baselines=(0.1,), target=[1, 2, 3], n_steps=4, method="riemann_left", return_convergence_delta=True)
+    (ours, d_ours) = fc.GNLIntegratedGradients(model).attribute(x, **kw)
+    (ref, d_ref) = captum_attr.IntegratedGradients(model).attribute(x, **kw)
+    assert_rel(ours, ref)
+    assert_rel(d_ours, d_ref)
+    assert d_ref.abs().max() > 1e-4  # 4 left Riemann steps: a real gap
+
+
+def test_gnl_ig_class_guides_relus():
+    """With nn.ReLU modules, the guided path gradient is Captum's GuidedBackprop
+    at every path point: a Riemann sum of GuidedBackprop x (x - x') is the oracle."""
+    net = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3)).to(F64).eval()
+    x = torch.randn(2, 6, dtype=F64)
+    n = 6
+    gb = captum_attr.GuidedBackprop(net)
+    ref = sum(gb.attribute(x * (k + 0.5) / n, target=[0, 2]) for k in range(n)) / n * x
+    ours = fc.GNLIntegratedGradients(net).attribute(x, target=[0, 2], n_steps=n, method="riemann_middle")
+    assert_rel(ours, ref)
+
+
+def test_rise_class():
+    """RISE's class runs fastattr.rise with the class's keywords: its masks (the
+    generator's draws, replayed by rise_draws) give S = sum_k f(x * M_k) M_k / (N p)."""
+    from fastattr import reference
+    from fastattr.methods.perturbation import rise_draws, rise_geometry
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).to(F64).eval()
+    x = torch.rand(2, 3, 8, 8, dtype=F64)
+    out = fc.RISE(model).attribute(x, target=torch.tensor([2, 0]), n_masks=40, grid_size=3, p=0.5,
+                                   internal_batch_size=7, generator=torch.Generator().manual_seed(5),
+                                   upsample="torch", activation=None)
+    grids, shifts = rise_draws(40, 3, 0.5, (8, 8), torch.Generator().manual_seed(5))
+    _, up = rise_geometry((8, 8), 3)
+    masks = reference.rise_masks(grids.to(F64), torch.arange(40), shifts, (8, 8), up, "clamp")
+    masks = masks.to(F64).view(40, 1, 8, 8)
+    expected = torch.stack([
+        sum(model(x[b:b + 1] * masks[k])[0, t] * masks[k, 0] for k in range(40)) / (40 * 0.5)
+        for b, t in ((0, 2), (1, 0))]).unsqueeze(1)
+    assert_rel(out, expected.detach(), rel=1e-6)
+
+
+def test_causal_ate_class_zeros_mode():
+    """CausalATE's class in "zeros" mode against a float64 loop written here: each
+    4x4 block outside the RoI set to 0, the RoI Dice change kept where >= tau."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 1, 7, padding=3)).to(F64).eval()
+    x = torch.rand(1, 3, 16, 16, dtype=F64)
+    gt = torch.zeros(1, 1, 16, 16, dtype=F64)
+    gt[..., 6:10, 5:11] = 1
+    r0, c0, size = 4, 4, 8  # RoI box (row, col, size)
+    with torch.no_grad():
+        threshold = float(model(x)[0, 0, r0:r0 + size, c0:c0 + size].median())
+
+    def dice(batch):
+        with torch.no_grad():
+            pred = (model(batch)[0, 0] > threshold).double()[r0:r0 + size, c0:c0 + size]
+        g = gt[0, 0, r0:r0 + size, c0:c0 + size]
+        return 100.0 * 2.0 * float((pred * g).sum()) / (float(pred.sum()) + float(g.sum()) + 1e-10)
+
+    base = dice(x)
+    expected = torch.zeros(16, 16, dtype=F64)
+    for i in range(0, 16, 4):
+        for j in range(0, 16, 4):
+            if r0 - 4 < i < r0 + size and c0 - 4 < j < c0 + size:
+                continue  # a block with RoI pixels
+            z = x.clone()
+            z[..., i:i + 4, j:j + 4] = 0
+            d = dice(z) - base
+            if abs(d) >= 0.02:
+                expected[i:i + 4, j:j + 4] = d
+    assert (expected != 0).any()
+    out = fc.CausalATE(model).attribute(x, gt, (r0, c0, size), target=torch.tensor(0), block=4, mode="zeros",
+                                        threshold=threshold, internal_batch_size=5)
+    assert out.shape == (1, 1, 16, 16)
+    torch.testing.assert_close(out[0, 0], expected, rtol=0, atol=1e-9)

@@ -138,6 +138,7 @@ def gnl_integrated_gradients(
     method: str = "gausslegendre",
     batch_size: int | None = None,
     return_delta: bool = False,
+    multiply_by_inputs: bool = True,
 ):
     """GNL-IG: Integrated Gradients with guided non-linearities (Kwon et al., ICPR 2020; spec §1).
 
@@ -147,13 +148,14 @@ def gnl_integrated_gradients(
     nearest-upsampled ``grad_output > 0`` mask (the reference rule). Unlike the
     reference's module hooks, functional and in-place ReLUs are guided too.
     Everything else (arguments, batching, defaults n = 50 / gausslegendre /
-    zero baseline) is as in :func:`integrated_gradients`. Completeness does not
+    zero baseline, several inputs, ``multiply_by_inputs``) is as in
+    :func:`integrated_gradients`. Completeness does not
     hold, so ``delta`` (if requested) is not expected to vanish.
 
     For the reference's heatmap use :func:`gnl_heatmap`.
     """
     return _path_integral(model, inputs, target, baselines, n_steps, method, batch_size, return_delta,
-                          guided(model, mode="guided", maxpool=True))
+                          guided(model, mode="guided", maxpool=True), multiply_by_inputs)
 
 
 def gnl_heatmap(attributions: Tensor) -> Tensor:
