@@ -704,3 +704,73 @@ def test_causal_ate_class_zeros_mode():
                                         threshold=threshold, internal_batch_size=5)
     assert out.shape == (1, 1, 16, 16)
     torch.testing.assert_close(out[0, 0], expected, rtol=0, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- the functional API with several inputs
+
+
+@pytest.mark.parametrize("name,captum_name", [("saliency", "Saliency"), ("input_x_gradient", "InputXGradient"),
+                                              ("guided_backprop", "GuidedBackprop"),
+                                              ("deconvnet", "Deconvolution")])
+def test_functional_several_inputs(name, captum_name):
+    import fastattr
+
+    model, x, args = make_case("multi+args", seed=seed_of(name))
+    ours = getattr(fastattr, name)(model, x, target=[3, 1, 0], additional_forward_args=args, batch_size=2)
+    ref = getattr(captum_attr, captum_name)(model).attribute(x, target=[3, 1, 0], additional_forward_args=args)
+    if name == "saliency":
+        ref = tuple(r.abs() for r in ref)
+    assert isinstance(ours, tuple) and len(ours) == 3
+    assert_rel(ours, ref)
+
+
+def test_functional_ig_and_ablation_several_inputs():
+    import fastattr
+
+    model, x, args = make_case("multi+args", seed=77)
+    base = make_baselines("mixed", x)
+    ours, delta = fastattr.integrated_gradients(model, x, target=2, baselines=base, n_steps=10, batch_size=5,
+                                                additional_forward_args=args, return_delta=True)
+    ref, ref_delta = captum_attr.IntegratedGradients(model).attribute(
+        x, baselines=base, target=2, n_steps=10, additional_forward_args=args, return_convergence_delta=True)
+    assert_rel(ours, ref)
+    assert_rel(delta, ref_delta)
+    masks = tuple(masks_for(t, i) for i, t in enumerate(x))
+    ours = fastattr.feature_ablation(model, x, target=2, feature_mask=masks, baselines=base,
+                                     additional_forward_args=args, batch_size=6)
+    ref = captum_attr.FeatureAblation(model).attribute(x, target=2, feature_mask=masks, baselines=base,
+                                                       additional_forward_args=args, perturbations_per_eval=2)
+    assert_rel(ours, ref)
+
+
+def test_functional_forward_args_single_input():
+    """One input tensor with additional_forward_args returns one tensor; the default target (argmax) sees the args."""
+    import fastattr
+
+    model, x = WithArgs(), torch.randn(3, 6, dtype=F64)
+    args = (torch.rand(3, 1, dtype=F64) + 0.5, torch.tensor(0.2, dtype=F64), True)
+    top = model(x, *args).argmax(1)
+    ours = fastattr.integrated_gradients(model, x, additional_forward_args=args, n_steps=6)
+    ref = captum_attr.IntegratedGradients(model).attribute(x, target=top, additional_forward_args=args, n_steps=6)
+    assert isinstance(ours, torch.Tensor)
+    assert_rel(ours, ref)
+
+
+def test_functional_several_inputs_errors():
+    import fastattr
+
+    model, (a, b, c), _ = make_case("multi", seed=1)
+    with pytest.raises(ValueError, match=r"same batch size.*inputs\[1\] has 2"):
+        fastattr.saliency(model, (a, b[:2], c), target=0)
+    with pytest.raises(TypeError, match=r"same dtype.*inputs\[2\] is torch.float32"):
+        fastattr.saliency(model, (a, b, c.float()), target=0)
+    with pytest.raises(TypeError, match=r"inputs\[1\] must be a torch.Tensor"):
+        fastattr.saliency(model, (a, [1.0], c), target=0)
+    with pytest.raises(TypeError, match="baselines must be a number or a tuple of 3"):
+        fastattr.integrated_gradients(model, (a, b, c), target=0, baselines=torch.zeros_like(a))
+    with pytest.raises(ValueError, match="baselines must be a tuple of 3"):
+        fastattr.integrated_gradients(model, (a, b, c), target=0, baselines=(0.0, 0.0))
+    with pytest.raises(ValueError, match=r"baselines\[1\] of shape"):
+        fastattr.integrated_gradients(model, (a, b, c), target=0, baselines=(0.0, torch.zeros(3, 2), 0.0))
+    with pytest.raises(TypeError, match=r"feature_mask\[0\] must be an integer tensor"):
+        fastattr.feature_ablation(model, (a, b, c), target=0, feature_mask=(None, None, None))

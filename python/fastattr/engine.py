@@ -456,7 +456,7 @@ def forward_args(additional_forward_args) -> tuple:
 def check_input_tuple(inputs, name: str = "inputs") -> tuple:
     """A non-empty tuple of floating tensors with one batch size, dtype and device."""
     if not isinstance(inputs, tuple) or len(inputs) == 0:
-        raise TypeError(f"fastattr: {name} must be a tensor or a non-empty tuple of tensors, "
+        raise TypeError(f"fastattr: {name} must be a torch.Tensor or a non-empty tuple of tensors, "
                         f"got {type(inputs).__name__ if not isinstance(inputs, tuple) else 'an empty tuple'}")
     first = inputs[0]
     for i, t in enumerate(inputs):
