@@ -774,3 +774,22 @@ def test_functional_several_inputs_errors():
         fastattr.integrated_gradients(model, (a, b, c), target=0, baselines=(0.0, torch.zeros(3, 2), 0.0))
     with pytest.raises(TypeError, match=r"feature_mask\[0\] must be an integer tensor"):
         fastattr.feature_ablation(model, (a, b, c), target=0, feature_mask=(None, None, None))
+
+
+@pytest.mark.parametrize("name", ["GuidedBackprop", "Deconvolution"])
+def test_torchscript_refused_with_several_inputs(name):
+    """Guided rules cannot reach inside TorchScript: refused, also when the
+    engine wraps the model for several inputs or forward arguments."""
+    scripted = torch.jit.script(TwoScriptable().to(F64).eval())
+    x = (torch.randn(2, 6, dtype=F64), torch.randn(2, 6, dtype=F64))
+    with pytest.raises(TypeError, match="TorchScript"):
+        getattr(fc, name)(scripted).attribute(x, target=0, additional_forward_args=torch.ones(2, 1, dtype=F64))
+
+
+class TwoScriptable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp()
+
+    def forward(self, a, b, scale):
+        return self.net(a + b) * scale

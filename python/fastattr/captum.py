@@ -451,7 +451,9 @@ class FeatureAblation(_Perturbation):
 
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, feature_mask=None,
                   perturbations_per_eval: int = 1, show_progress: bool = False, **kwargs):
-        _require(not kwargs, f"unsupported keyword arguments {sorted(kwargs)}")
+        if kwargs:
+            raise TypeError(f"fastattr.captum: FeatureAblation.attribute() got unexpected keyword arguments "
+                            f"{sorted(kwargs)}")
         xs, _ = _format_inputs(inputs)
         baselines = _format_baselines(baselines, xs)
         if feature_mask is not None:

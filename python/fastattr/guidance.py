@@ -257,6 +257,12 @@ class GuidedMode(TorchFunctionMode):
 
 
 def _torchscript_parts(model) -> list[str]:
+    # Look through wrappers that name their model (functools.wraps, engine.Bound).
+    for _ in range(8):
+        wrapped = getattr(model, "__wrapped__", None)
+        if isinstance(model, (torch.nn.Module, torch.jit.ScriptFunction)) or wrapped is None:
+            break
+        model = wrapped
     if isinstance(model, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
         return [type(model).__name__]
     if isinstance(model, torch.nn.Module):
