@@ -793,3 +793,17 @@ class TwoScriptable(nn.Module):
 
     def forward(self, a, b, scale):
         return self.net(a + b) * scale
+
+
+@pytest.mark.parametrize("name", GRADIENT_METHODS + ["NoiseTunnel", "Occlusion", "FeatureAblation"])
+def test_signatures_are_captums(name):
+    """Constructors and attribute() take Captum 0.9's parameters, in its order,
+    with its defaults (NoiseTunnel adds the keyword-only generator and noise)."""
+    import inspect
+
+    def params(fn, drop=()):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values() if p.name not in drop]
+
+    ours, ref = getattr(fc, name), getattr(captum_attr, name)
+    assert params(ours.__init__) == params(ref.__init__)
+    assert params(ours.attribute, drop=("generator", "noise")) == params(ref.attribute)
