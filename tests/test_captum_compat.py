@@ -635,6 +635,21 @@ def test_gnl_ig_class_is_ig_without_relus_and_max_pools():
     assert d_ref.abs().max() > 1e-4  # 4 left Riemann steps: a real gap
 
 
+def test_gnl_ig_class_several_inputs_guides_relus():
+    """Several inputs and a per-example forward argument: the oracle is a
+    midpoint sum of Captum's GuidedBackprop along the path, times x - x'."""
+    model, x, args = make_case("multi+args", seed=5)
+    # ThreeInputs has nn.ReLU modules and no max-pool: GNL's rules are guided ReLUs only.
+    n = 5
+    gb = captum_attr.GuidedBackprop(model)
+    parts = [gb.attribute(tuple(t * (k + 0.5) / n for t in x), target=[0, 2, 1], additional_forward_args=args)
+             for k in range(n)]
+    ref = tuple(sum(p[i] for p in parts) / n * x[i] for i in range(3))
+    ours = fc.GNLIntegratedGradients(model).attribute(x, target=[0, 2, 1], additional_forward_args=args, n_steps=n,
+                                                      method="riemann_middle")
+    assert_rel(ours, ref)
+
+
 def test_gnl_ig_class_guides_relus():
     """With nn.ReLU modules, the guided path gradient is Captum's GuidedBackprop
     at every path point: a Riemann sum of GuidedBackprop x (x - x') is the oracle."""
@@ -654,10 +669,16 @@ def test_rise_class():
     from fastattr.methods.perturbation import rise_draws, rise_geometry
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(4, 3)).to(F64).eval()
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 3)).to(F64).eval()
+    scale = torch.tensor([[0.5], [2.0]], dtype=F64)  # a per-example forward argument
+
+    def model(z, s):
+        return net(z) * s
+
     x = torch.rand(2, 3, 8, 8, dtype=F64)
-    out = fc.RISE(model).attribute(x, target=torch.tensor([2, 0]), n_masks=40, grid_size=3, p=0.5,
+    out = fc.RISE(model).attribute(x, target=torch.tensor([2, 0]), additional_forward_args=(scale,), n_masks=40,
+                                   grid_size=3, p=0.5,
                                    internal_batch_size=7, generator=torch.Generator().manual_seed(5),
                                    upsample="torch", activation=None)
     grids, shifts = rise_draws(40, 3, 0.5, (8, 8), torch.Generator().manual_seed(5))
@@ -665,7 +686,7 @@ def test_rise_class():
     masks = reference.rise_masks(grids.to(F64), torch.arange(40), shifts, (8, 8), up, "clamp")
     masks = masks.to(F64).view(40, 1, 8, 8)
     expected = torch.stack([
-        sum(model(x[b:b + 1] * masks[k])[0, t] * masks[k, 0] for k in range(40)) / (40 * 0.5)
+        sum(model(x[b:b + 1] * masks[k], scale[b:b + 1])[0, t] * masks[k, 0] for k in range(40)) / (40 * 0.5)
         for b, t in ((0, 2), (1, 0))]).unsqueeze(1)
     assert_rel(out, expected.detach(), rel=1e-6)
 
@@ -704,6 +725,15 @@ def test_causal_ate_class_zeros_mode():
                                         threshold=threshold, internal_batch_size=5)
     assert out.shape == (1, 1, 16, 16)
     torch.testing.assert_close(out[0, 0], expected, rtol=0, atol=1e-9)
+    # A constant forward argument is passed through; per-example ones need one image per call.
+    shifted = fc.CausalATE(lambda z, c: model(z) + c).attribute(
+        x, gt, (r0, c0, size), block=4, mode="zeros", threshold=threshold + 0.25,
+        additional_forward_args=torch.tensor(0.25, dtype=F64))
+    torch.testing.assert_close(shifted[0, 0], expected, rtol=0, atol=1e-9)
+    two = torch.cat([x, x])
+    with pytest.raises(ValueError, match="one image per call"):
+        fc.CausalATE(lambda z, c: model(z) * c).attribute(two, gt, (r0, c0, size), block=4, mode="zeros",
+                                                          additional_forward_args=torch.ones(2, 1, 1, 1, dtype=F64))
 
 
 # --------------------------------------------------------------------------- the functional API with several inputs

@@ -565,7 +565,13 @@ class CausalATE(_Attribution):
                                                       f"None, got {target!r}")
         model, bar = _progress(self.forward_func, show_progress, "CausalATE")
         if additional_forward_args is not None:
-            model = engine.Bound(model, None, engine.forward_args(additional_forward_args), xs[0].shape[0])
+            args, b = engine.forward_args(additional_forward_args), xs[0].shape[0]
+            # causal_ate runs image by image, outside the rows the engine tracks for a batch.
+            if b > 1 and any(engine._per_example(a, b) for a in args):
+                raise ValueError("fastattr.captum: CausalATE explains a batch image by image, so per-example "
+                                 "additional_forward_args (tensors with a batch dimension) need one image per "
+                                 "call: call attribute on each image (inputs[i:i+1]) with its own arguments")
+            model = engine.Bound(model, None, args, b)
         with bar:
             result = causal_ate(model, xs[0], ground_truth, roi, block=block, patch_bank=patch_bank, mode=mode,
                                 n_screen=n_screen, n_samples=n_samples, tau=tau, outcome=outcome,
