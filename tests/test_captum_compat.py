@@ -509,7 +509,7 @@ def test_show_progress_counts_forward_passes(capsys):
 def _invalid_calls():
     x, model, grid = torch.randn(2, 6, dtype=F64), mlp(), Grid()
     xs = (x, torch.randn(2, 6, dtype=F64))
-    two = lambda a, b: a(b) + 0 * a(b)  # noqa: E731
+    two = lambda a, b: model(a) + model(b)  # noqa: E731  (a model of two inputs)
     return {
         "inputs is a list": ("Saliency", model, dict(inputs=[x], target=0)),
         "target None, several outputs (gradient)": ("Saliency", model, dict(inputs=x)),
@@ -520,7 +520,7 @@ def _invalid_calls():
         "target of a wrong type": ("Saliency", model, dict(inputs=x, target=1.5)),
         "baselines of the wrong count": ("IntegratedGradients", model, dict(inputs=x, baselines=(0.0, 0.0),
                                                                            target=0)),
-        "baselines for two inputs, one given": ("IntegratedGradients", lambda a, b: model(a) + model(b),
+        "baselines for two inputs, one given": ("IntegratedGradients", two,
                                                 dict(inputs=xs, baselines=0.0, target=0)),
         "baseline of a wrong type": ("IntegratedGradients", model, dict(inputs=x, baselines="zero", target=0)),
         "baseline of a wrong batch": ("IntegratedGradients", model, dict(inputs=x, baselines=torch.zeros(3, 6,

@@ -22,6 +22,12 @@ point-major, ``row = (k - k0) * S + (s - s0)``, every sample of the tile at
 one point, then the next point. ``inner="points"`` (noise tunnels,
 perturbations of one image): sample-major, ``row = (s - s0) * P + (k - k0)``.
 Targets get each row's sample index, so they never depend on this layout.
+
+Several inputs and forward arguments (:func:`several_inputs`, :class:`Bound`):
+a model of several input tensors sees them packed side by side as one
+``(B, D1 + D2 + ...)`` tensor, so every method's tiles and ops are unchanged;
+forward arguments with a batch dimension give each row its sample's row,
+picked by the tile the evaluators are running.
 """
 
 from __future__ import annotations
@@ -320,7 +326,7 @@ def gradients(model, target: ResolvedTarget, tiles: list[Tile], build: Build,
             points = build(tile).detach().requires_grad_(True)
             # Only the model runs under the context: a guided mode is for the
             # model's ReLUs, not for the target's own arithmetic.
-            with context if context is not None else contextlib.nullcontext(), _rows_of(tile, points):
+            with context if context is not None else contextlib.nullcontext(), _rows_of(tile):
                 out = model_output(model, points)
             s = target.scores(out, tile.sample_index(points.device))
             (grad,) = torch.autograd.grad(s.sum(), points)
@@ -336,7 +342,7 @@ def scores(model, target: ResolvedTarget, tiles: list[Tile], build: Build) -> It
         # caller's code would run under it.
         with torch.no_grad():
             points = build(tile)
-            with _rows_of(tile, points):
+            with _rows_of(tile):
                 out = model_output(model, points)
             s = target.scores(out, tile.sample_index(points.device))
         del points
@@ -363,7 +369,7 @@ _TILE: contextvars.ContextVar = contextvars.ContextVar("fastattr_tile", default=
 
 
 @contextlib.contextmanager
-def _rows_of(tile: Tile, points):
+def _rows_of(tile: Tile):
     token = _TILE.set(tile)
     try:
         yield
