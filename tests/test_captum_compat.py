@@ -837,3 +837,76 @@ def test_signatures_are_captums(name):
     ours, ref = getattr(fc, name), getattr(captum_attr, name)
     assert params(ours.__init__) == params(ref.__init__)
     assert params(ours.attribute, drop=("generator", "noise")) == params(ref.attribute)
+
+
+# --------------------------------------------------------------------------- random shapes (hypothesis)
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+class AnyInputs(nn.Module):
+    """One linear map per flattened input, summed, then ReLU and a linear head."""
+
+    def __init__(self, sizes, classes):
+        super().__init__()
+        self.parts = nn.ModuleList(nn.Linear(s, 7) for s in sizes)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(7, classes)
+
+    def forward(self, *xs):
+        h = sum(p(x.flatten(1)) for p, x in zip(self.parts, xs))
+        return self.head(self.relu(h))
+
+
+@st.composite
+def random_cases(draw):
+    batch = draw(st.integers(1, 4))
+    shapes = draw(st.lists(st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple), min_size=1, max_size=3))
+    classes = draw(st.integers(2, 5))
+    name = draw(st.sampled_from(["IntegratedGradients", "Saliency", "InputXGradient", "GuidedBackprop",
+                                 "FeatureAblation", "Occlusion"]))
+    target = draw(st.one_of(st.integers(0, classes - 1),
+                            st.lists(st.integers(0, classes - 1), min_size=batch, max_size=batch)))
+    rows = draw(st.one_of(st.none(), st.integers(1, 12)))
+    return batch, shapes, classes, name, target, rows, draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_cases())
+def test_random_shapes_match_captum(case):
+    batch, shapes, classes, name, target, rows, seed = case
+    torch.manual_seed(seed)
+    model = AnyInputs([math_prod(s) for s in shapes], classes).to(F64).eval()
+    xs = tuple(torch.randn((batch,) + s, dtype=F64) for s in shapes)
+    inputs = xs if len(xs) > 1 or seed % 2 else xs[0]  # a tensor, or a tuple of one or more
+    kw = dict(inputs=inputs, target=target)
+    if name == "IntegratedGradients":
+        kw.update(n_steps=6, internal_batch_size=rows, baselines=tuple(0.1 * i for i in range(len(xs)))
+                  if isinstance(inputs, tuple) else 0.3)
+    elif name in ("FeatureAblation", "Occlusion"):
+        kw.update(perturbations_per_eval=rows or 1)
+        if name == "Occlusion":
+            windows = tuple(tuple(max(1, d // 2) for d in s) for s in shapes)
+            kw.update(sliding_window_shapes=windows if isinstance(inputs, tuple) else windows[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert_rel(*call_both(name, model, **kw))
+
+
+def math_prod(shape):
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+@pytest.mark.parametrize("strides", [None, 2, (2,), (1, 2), ((2, 1),)])
+def test_occlusion_stride_forms(strides):
+    """Captum's stride forms for one input: None, an int, a 1-tuple (its entry
+    for the one input, an int for every dim), a tuple per dim, a tuple per input."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).to(F64).eval()
+    x = torch.randn(2, 3, 4, dtype=F64)
+    kw = dict(inputs=x, sliding_window_shapes=(2, 2), strides=strides, target=1)
+    assert_rel(*call_both("Occlusion", model, **kw))

@@ -471,7 +471,7 @@ def _per_input(value, xs: tuple, name: str, default) -> tuple:
     """Captum's per-input shapes/strides (``_format_and_verify_*``)."""
     if value is None:
         value = tuple(default for _ in xs)
-    if len(xs) == 1 and not (isinstance(value, tuple) and len(value) == 1 and not _is_index(value[0])):
+    if len(xs) == 1 and not (isinstance(value, tuple) and len(value) == 1):
         value = (value,)
     _require(isinstance(value, tuple) and len(value) == len(xs), f"{name} must be given for each input tensor "
                                                                 f"({len(xs)})")
