@@ -855,8 +855,10 @@ class AnyInputs(nn.Module):
         self.head = nn.Linear(7, classes)
 
     def forward(self, *xs):
+        # xs: the inputs, then optionally a per-example scale (N, 1) as a forward argument
         h = sum(p(x.flatten(1)) for p, x in zip(self.parts, xs))
-        return self.head(self.relu(h))
+        out = self.head(self.relu(h))
+        return out * xs[-1] if len(xs) > len(self.parts) else out
 
 
 @st.composite
@@ -865,22 +867,31 @@ def random_cases(draw):
     shapes = draw(st.lists(st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple), min_size=1, max_size=3))
     classes = draw(st.integers(2, 5))
     name = draw(st.sampled_from(["IntegratedGradients", "Saliency", "InputXGradient", "GuidedBackprop",
-                                 "FeatureAblation", "Occlusion"]))
+                                 "FeatureAblation", "Occlusion", "NoiseTunnel"]))
     target = draw(st.one_of(st.integers(0, classes - 1),
                             st.lists(st.integers(0, classes - 1), min_size=batch, max_size=batch)))
     rows = draw(st.one_of(st.none(), st.integers(1, 12)))
-    return batch, shapes, classes, name, target, rows, draw(st.integers(0, 2**16))
+    return batch, shapes, classes, name, target, rows, draw(st.integers(0, 2**16)), draw(st.booleans())
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_cases())
 def test_random_shapes_match_captum(case):
-    batch, shapes, classes, name, target, rows, seed = case
+    batch, shapes, classes, name, target, rows, seed, with_args = case
     torch.manual_seed(seed)
     model = AnyInputs([math_prod(s) for s in shapes], classes).to(F64).eval()
     xs = tuple(torch.randn((batch,) + s, dtype=F64) for s in shapes)
     inputs = xs if len(xs) > 1 or seed % 2 else xs[0]  # a tensor, or a tuple of one or more
     kw = dict(inputs=inputs, target=target)
+    if with_args:
+        kw.update(additional_forward_args=(torch.rand(batch, 1, dtype=F64) + 0.5,))
+    if name == "NoiseTunnel":  # stdevs 0: the noisy copies are the inputs, whatever the draws
+        ref = captum_attr.NoiseTunnel(captum_attr.InputXGradient(model)).attribute(
+            nt_type="smoothgrad_sq", nt_samples=3, nt_samples_batch_size=rows, stdevs=0.0, **kw)
+        ours = fc.NoiseTunnel(fc.InputXGradient(model)).attribute(
+            nt_type="smoothgrad_sq", nt_samples=3, nt_samples_batch_size=rows, stdevs=0.0, **kw)
+        assert_rel(ours, ref)
+        return
     if name == "IntegratedGradients":
         kw.update(n_steps=6, internal_batch_size=rows, baselines=tuple(0.1 * i for i in range(len(xs)))
                   if isinstance(inputs, tuple) else 0.3)
