@@ -921,3 +921,19 @@ def test_occlusion_stride_forms(strides):
     x = torch.randn(2, 3, 4, dtype=F64)
     kw = dict(inputs=x, sliding_window_shapes=(2, 2), strides=strides, target=1)
     assert_rel(*call_both("Occlusion", model, **kw))
+
+
+def test_functional_occlusion_several_inputs():
+    import fastattr
+
+    model, x, args = make_case("multi+args", seed=12)
+    windows = ((2,), (1, 2, 2), (2, 3))
+    ours = fastattr.occlusion(model, x, target=[1, 2, 0], sliding_window_shapes=windows, strides=(1, (1, 2, 2), 1),
+                              baselines=(0.5, 0.0, -0.1), batch_size=9, additional_forward_args=args)
+    ref = captum_attr.Occlusion(model).attribute(x, sliding_window_shapes=windows, strides=(1, (1, 2, 2), 1),
+                                                 baselines=(0.5, 0.0, -0.1), target=[1, 2, 0],
+                                                 additional_forward_args=args, perturbations_per_eval=3)
+    assert isinstance(ours, tuple) and len(ours) == 3
+    assert_rel(ours, ref)
+    with pytest.raises(ValueError, match="sliding_window_shapes must be a tuple of 3"):
+        fastattr.occlusion(model, x, target=0, sliding_window_shapes=(2,))

@@ -493,7 +493,7 @@ class Occlusion(_Perturbation):
 
     def attribute(self, inputs, sliding_window_shapes, strides=None, baselines=None, target=None,
                   additional_forward_args=None, perturbations_per_eval: int = 1, show_progress: bool = False):
-        xs, is_tuple = _format_inputs(inputs)
+        xs, _ = _format_inputs(inputs)
         if isinstance(sliding_window_shapes, tuple) and sliding_window_shapes and _is_index(sliding_window_shapes[0]):
             sliding_window_shapes = (sliding_window_shapes,)
         windows = _per_input(sliding_window_shapes, xs, "sliding_window_shapes", None)
@@ -505,21 +505,13 @@ class Occlusion(_Perturbation):
                      f"Stride dimension {s} cannot be larger than sliding window shape dimension {w}")
         baselines = _format_baselines(baselines, xs)
         rows = self._rows(perturbations_per_eval, xs)
-        b = xs[0].shape[0]
-        ft = _convert_target(target, b, xs[0].device)
-        args = engine.forward_args(additional_forward_args)
-        model, bar = _progress(self.forward_func, show_progress, "Occlusion")
-        out = []
-        with bar:
-            for i, x in enumerate(xs):
-                # Input i is occluded; the others ride along as per-example arguments in their places.
-                others = xs[:i] + xs[i + 1:]
-                bound = engine.Bound(model, None, others + args, b, place=i,
-                                     per_example=(True,) * len(others) + tuple(engine._per_example(a, b)
-                                                                                for a in args))
-                out.append(occlusion(bound, x, target=ft, sliding_window_shapes=windows[i], strides=strides[i],
-                                     baselines=None if baselines is None else baselines[i], batch_size=rows))
-        return tuple(out) if is_tuple else out[0]
+        return self._run(inputs, target, additional_forward_args, show_progress, batch_size=rows,
+                         sliding_window_shapes=_one_or_tuple(windows), strides=_one_or_tuple(strides),
+                         baselines=None if baselines is None else _one_or_tuple(baselines))
+
+    def _compute(self, model, x, target, batch_size=None, additional_forward_args=None, **kwargs):
+        return occlusion(model, x, target=target, batch_size=batch_size,
+                         additional_forward_args=additional_forward_args, **kwargs)
 
 
 class RISE(_Attribution):

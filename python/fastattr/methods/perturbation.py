@@ -418,9 +418,49 @@ def occlusion_windows(shape: Sequence[int], window: Sequence[int], strides: Sequ
     return tuple(math.ceil((f - w) / s) + 1 for f, w, s in zip(shape, window, strides))
 
 
-def occlusion(model, inputs: Tensor, target: Target = None, sliding_window_shapes=None, strides=None,
-              baselines: Tensor | float | None = None, batch_size: int | None = None) -> Tensor:
+def occlusion(model, inputs, target: Target = None, sliding_window_shapes=None, strides=None,
+              baselines=None, batch_size: int | None = None, additional_forward_args=None):
     """Occlusion (Zeiler & Fergus, 2014) with Captum's ``Occlusion`` semantics.
+
+    One input tensor: see :func:`_occlusion`. Several (a tuple; the model takes
+    them as positional arguments): each input in turn is occluded, the others
+    unchanged, with ``sliding_window_shapes`` a tuple of one window per input,
+    ``strides`` ``None``, an int or one entry per input, ``baselines`` ``None``,
+    a number or one entry per input; the result is a tuple.
+    ``additional_forward_args`` are passed after the inputs (see
+    :class:`fastattr.engine.Bound`).
+    """
+    if isinstance(inputs, Tensor) and additional_forward_args is None:
+        return _occlusion(model, inputs, target, sliding_window_shapes, strides, baselines, batch_size)
+    args = engine.forward_args(additional_forward_args)
+    if isinstance(inputs, Tensor):
+        return _occlusion(engine.Bound(model, None, args, inputs.shape[0]), inputs, target, sliding_window_shapes,
+                          strides, baselines, batch_size)
+    xs = engine.check_input_tuple(inputs)
+    n = len(xs)
+
+    def per_input(value, name, default):
+        if value is None or (name != "sliding_window_shapes" and not isinstance(value, tuple)):
+            return (value if value is not None else default,) * n
+        if not isinstance(value, tuple) or len(value) != n:
+            raise ValueError(f"fastattr: with {n} input tensors, {name} must be a tuple of {n} (one per input), "
+                             f"got {value!r}")
+        return value
+
+    windows = per_input(sliding_window_shapes, "sliding_window_shapes", None)
+    strides = per_input(strides, "strides", None)
+    baselines = per_input(baselines, "baselines", None)
+    out = []
+    for i, x in enumerate(xs):
+        # Input i is occluded; the others ride along as per-example arguments in their places.
+        bound = engine.Bound(model, None, xs[:i] + xs[i + 1:] + tuple(args), x.shape[0], place=i)
+        out.append(_occlusion(bound, x, target, windows[i], strides[i], baselines[i], batch_size))
+    return tuple(out)
+
+
+def _occlusion(model, inputs: Tensor, target: Target = None, sliding_window_shapes=None, strides=None,
+               baselines: Tensor | float | None = None, batch_size: int | None = None) -> Tensor:
+    """Occlusion of one input tensor.
 
     Each window position replaces its elements by the baseline; an element's
     attribution is ``f_c(x) − f_c(x_window)`` averaged over the windows that
@@ -491,6 +531,12 @@ def feature_ablation(model, inputs: Tensor, target: Target = None, feature_mask:
     baseline in every image; an element's attribution is ``f_c(x) −
     f_c(x with its feature ablated)``. ``batch_size`` counts rows (Captum's
     ``perturbations_per_eval`` × B).
+
+    Several inputs (a tuple; ``feature_mask`` and ``baselines`` then tuples with
+    one entry per input, or ``None`` / a number): ids shared by several inputs'
+    masks are one feature, ablated in all of them at once (Captum 0.9); the
+    result is a tuple. ``additional_forward_args``: see
+    :func:`fastattr.engine.several_inputs`.
 
     Returns attributions shaped like ``inputs``.
     """
