@@ -937,3 +937,26 @@ def test_functional_occlusion_several_inputs():
     assert_rel(ours, ref)
     with pytest.raises(ValueError, match="sliding_window_shapes must be a tuple of 3"):
         fastattr.occlusion(model, x, target=0, sliding_window_shapes=(2,))
+
+
+def test_noise_tunnel_baseline_distribution_several_inputs(monkeypatch):
+    """Per input, a tensor baseline is a distribution: both draw one row per noisy
+    copy, input after input (scalars drawn nothing); fastattr's generator draws
+    randint(K_i, (B * n,)) in that order, fed to Captum's numpy.random.choice."""
+    model, x, args = make_case("multi+args", seed=9)
+    n, b = 4, 3
+    dists = (torch.randn(5, 6, dtype=F64), 0.2, torch.randn(4, 4, 3, dtype=F64))
+    g = torch.Generator().manual_seed(7)
+    draws = [torch.randint(5, (b * n,), generator=g), torch.randint(4, (b * n,), generator=g)]
+    assert len(set(draws[0].tolist())) > 1
+    queue = [d.numpy() for d in draws]
+    monkeypatch.setattr(np.random, "choice", lambda num, size: queue.pop(0)[:size])
+    eps = tuple(unit_noise(b, n, t.shape[1:], seed=50 + i) for i, t in enumerate(x))
+    monkeypatch.setattr(captum_attr.NoiseTunnel, "_add_noise_to_input", staticmethod(MultiFeed(eps, b, n)))
+    kw = dict(nt_samples=n, stdevs=(0.1, 0.2, 0.3), draw_baseline_from_distrib=True, baselines=dists,
+              target=[1, 0, 3], additional_forward_args=args, n_steps=5)
+    ref = captum_attr.NoiseTunnel(captum_attr.IntegratedGradients(model)).attribute(x, **kw)
+    assert not queue  # Captum drew once per tensor baseline
+    ours = fc.NoiseTunnel(fc.IntegratedGradients(model)).attribute(
+        x, noise=eps, generator=torch.Generator().manual_seed(7), **kw)
+    assert_rel(ours, ref)
