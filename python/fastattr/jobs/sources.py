@@ -1,15 +1,25 @@
 """Where a job's images come from: a folder of PNG/JPEG files or a bundled data set.
 
 Both are map-style: item ``i`` is always the same image, which is what lets a
-job be split into shards by index, resumed and spread over processes. Items are
-dicts ``{"index", "id", "path", "image", "label", "mask"}`` with ``image`` a
-float32 (3, H, W) tensor in [0, 1]; ``label``/``mask`` are None for folders.
+job be split into shards, resumed and spread over processes. Items are dicts
+``{"index", "id", "path", "image", "label", "mask"}`` with ``image`` a float32
+(3, H, W) tensor in [0, 1]; ``label``/``mask`` are None for folders. A folder's
+items also carry ``crop_box`` (left, top, right, bottom in the pixels of the
+file, after EXIF rotation: the region that became the input) and
+``original_size`` (width, height). An image that cannot be read or decoded
+gives an item with ``image`` None and ``error`` saying why (the job fails
+naming the file, or with ``--on-error skip`` records it as skipped).
+
+Each image has an identity, ``(id, sha256)``: a folder's id is the file's path
+relative to the folder and the sha256 is that of the file's bytes, so a job can
+tell which of its finished results still belong to the folder's current files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +30,8 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 BUNDLED_PREFIX = "bundled:"
 RESIZE_MODES = ("crop", "stretch")
+# Transparent pixels are composited onto this colour before the alpha channel is dropped.
+BACKGROUND = (255, 255, 255)
 
 
 def _pair(size) -> tuple[int, int] | None:
@@ -67,31 +79,81 @@ class ImageFolderSource(torch.utils.data.Dataset):
         return len(self.files)
 
     def describe(self) -> dict:
-        """What identifies the data: the folder, its file names and sizes (not the pixels)."""
+        """What identifies the data for the job's fingerprint: the folder and how
+        images become inputs. The files themselves are identified one by one
+        (:meth:`identity`), so adding or removing files does not change it."""
+        return {"kind": "folder", "root": str(self.root.resolve()), "size": list(self.size) if self.size else None,
+                "resize": self.resize, "alpha": "composited onto white"}
+
+    def listing(self, n: int | None = None) -> dict:
+        """The current files (names and sizes) of the first ``n`` images, for the manifest."""
         h = hashlib.sha256()
-        for rel in self.files:
+        files = self.files[:n] if n is not None else self.files
+        for rel in files:
             h.update(rel.encode())
             h.update(b"\0%d\n" % (self.root / rel).stat().st_size)
-        return {"kind": "folder", "root": str(self.root.resolve()), "files": len(self.files),
-                "listing_sha256": h.hexdigest(), "size": list(self.size) if self.size else None,
-                "resize": self.resize}
+        return {"files": len(files), "listing_sha256": h.hexdigest()}
 
-    def load_image(self, rel: str) -> torch.Tensor:
-        with Image.open(self.root / rel) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            if self.size is not None:
-                h, w = self.size
-                if self.resize == "crop":
-                    im = ImageOps.fit(im, (w, h), method=Image.BICUBIC)
-                else:
-                    im = im.resize((w, h), Image.BICUBIC)
-            arr = np.asarray(im, dtype=np.uint8)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    def identity(self, index: int) -> dict:
+        """``{"id", "path", "sha256"}`` of image ``index``; sha256 is None when the
+        file cannot be read (its item then reports the error)."""
+        rel = self.files[index]
+        path = self.root / rel
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            digest = h.hexdigest()
+        except OSError:
+            digest = None
+        return {"id": rel, "path": str(self.root.resolve() / rel), "sha256": digest}
+
+    def load_image(self, rel: str) -> tuple[torch.Tensor, list[float], list[int]]:
+        """``(image, crop_box, original_size)``."""
+        with warnings.catch_warnings():
+            # A decompression-bomb warning or a broken EXIF block is no reason to fail.
+            warnings.simplefilter("ignore")
+            with Image.open(self.root / rel) as im:
+                im.load()  # decode now: a truncated file fails here, not later
+                im = ImageOps.exif_transpose(im)
+                im = _flatten_alpha(im)
+                width, height = im.size
+                box = (0.0, 0.0, float(width), float(height))
+                if self.size is not None:
+                    h, w = self.size
+                    if self.resize == "crop":
+                        # scale the shorter side to fit, crop the centre
+                        scale = max(w / width, h / height)
+                        cw, ch = w / scale, h / scale
+                        left, top = (width - cw) / 2, (height - ch) / 2
+                        box = (left, top, left + cw, top + ch)
+                    im = im.resize((w, h), Image.BICUBIC, box=box)
+                arr = np.asarray(im, dtype=np.uint8)
+        image = torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+        return image, [round(v, 3) for v in box], [width, height]
 
     def __getitem__(self, index: int) -> dict:
         rel = self.files[index]
-        return {"index": index, "id": rel, "path": str(self.root.resolve() / rel), "image": self.load_image(rel),
+        item = {"index": index, "id": rel, "path": str(self.root.resolve() / rel), "image": None,
                 "label": None, "mask": None}
+        try:
+            item["image"], item["crop_box"], item["original_size"] = self.load_image(rel)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            # OSError covers unreadable, truncated and unidentifiable (PIL.UnidentifiedImageError) files.
+            item["error"] = f"{type(e).__name__}: {e}"
+        return item
+
+
+def _flatten_alpha(im: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto :data:`BACKGROUND` (not dropped,
+    which would show whatever colour the transparent pixels happen to hold)."""
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info) or \
+            (im.mode in ("RGB", "L") and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
 
 
 class BundledSource(torch.utils.data.Dataset):
@@ -114,8 +176,15 @@ class BundledSource(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def describe(self) -> dict:
-        return {"kind": "bundled", "name": self.name, "split": self.split, "items": len(self.dataset),
+        return {"kind": "bundled", "name": self.name, "split": self.split,
                 "size": list(self.size) if self.size else None}
+
+    def listing(self, n: int | None = None) -> dict:
+        return {"items": len(self.dataset) if n is None else min(n, len(self.dataset))}
+
+    def identity(self, index: int) -> dict:
+        """A bundled item is identified by its id (the data set is fixed by the fastattr version)."""
+        return {"id": f"{self.name}/{self.split}/{index:06d}", "path": None, "sha256": None}
 
     def __getitem__(self, index: int) -> dict:
         item = self.dataset[index]
@@ -139,7 +208,12 @@ def open_source(spec: str, split: str = "test", size=None, resize: str = "crop",
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack the images of a batch; keep the other fields as lists."""
-    out = {k: [it[k] for it in items] for k in items[0] if k != "image"}
-    out["image"] = torch.stack([it["image"] for it in items])
+    """Stack the images of a batch; keep the other fields as lists. Items that
+    could not be read are left out, and listed (as items without image) under
+    ``"failed"``; ``"image"`` is None when no item of the batch could be read."""
+    good = [it for it in items if it.get("image") is not None]
+    keys = list(dict.fromkeys(k for it in items for k in it if k not in ("image", "error")))
+    out = {k: [it.get(k) for it in good] for k in keys}
+    out["image"] = torch.stack([it["image"] for it in good]) if good else None
+    out["failed"] = [{k: v for k, v in it.items() if k != "image"} for it in items if it.get("image") is None]
     return out
