@@ -365,6 +365,10 @@ def _duration(seconds: float) -> str:
 
 def _write_error(e: OSError, out: Path) -> JobError:
     """A clear message for a failed write under --out (full disk, permissions, ...)."""
+    name = getattr(e, "filename", None)
+    inside = name is None or os.path.abspath(name).startswith(os.path.abspath(out))
+    if not inside and e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return JobError(f"{e.strerror or e}: {name}")
     where = f" ({e.filename})" if getattr(e, "filename", None) else ""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return JobError(f"no space left on the device of --out {out}{where}: {e.strerror or e}. The shards finished "

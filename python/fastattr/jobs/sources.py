@@ -90,8 +90,12 @@ class ImageFolderSource(torch.utils.data.Dataset):
         h = hashlib.sha256()
         files = self.files[:n] if n is not None else self.files
         for rel in files:
+            try:
+                size = (self.root / rel).stat().st_size
+            except OSError:
+                size = -1  # unreadable: its item says why
             h.update(rel.encode())
-            h.update(b"\0%d\n" % (self.root / rel).stat().st_size)
+            h.update(b"\0%d\n" % size)
         return {"files": len(files), "listing_sha256": h.hexdigest()}
 
     def identity(self, index: int) -> dict:
