@@ -581,3 +581,101 @@ def test_bad_max_memory_is_refused_before_out(tmp_path, capsys):
     assert cli.main(["run", "--model", "shapes-vgg", "--data", "bundled:shapes", "--method", "saliency",
                      "--out", str(out), "--max-memory", "lots"]) == 2
     assert "--max-memory must be a size such as 2G" in capsys.readouterr().err and not out.exists()
+
+
+# --------------------------------------------------------------------------- crash safety
+
+# ``fastattr run`` in a child process whose renames (the commit of every file
+# write) wait ``FA_WRITE_PAUSE`` seconds after the temporary file is complete:
+# a kill in that window is a kill in the middle of a shard write.
+CHILD = r"""
+import os, sys, time
+import fastattr.jobs.storage as storage
+
+pause = float(os.environ["FA_WRITE_PAUSE"])
+
+
+class SlowReplace:
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def replace(self, src, dst):
+        time.sleep(pause)
+        os.replace(src, dst)
+
+
+storage.os = SlowReplace()
+from fastattr import cli
+
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_at_random_points_loses_nothing(tmp_path):
+    """SIGKILL ``fastattr run`` at least 6 times in one job, at random moments and
+    while a shard file is half written; the rerun's output equals an
+    uninterrupted run byte for byte."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "fa_crash_tiny.py").write_text(TINY_MODELS_SOURCE)
+    env = dict(os.environ, FA_WRITE_PAUSE="0.2", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(mods)] + [p for p in [env.get("PYTHONPATH")] if p])
+    n, shard = 64, 2
+
+    def args(out):
+        return ["run", "--model", "fa_crash_tiny:classifier", "--data", "bundled:shapes", "--method", "smooth_grad",
+                "-O", "n_samples=4", "--stdevs", "0.2", "--seed", "11", "--out", str(out), "--limit", str(n),
+                "--shard-size", str(shard), "--batch-size", "2", "--threads", "1", "--quiet"]
+
+    ref, out = tmp_path / "ref", tmp_path / "crash"
+    sys.path.insert(0, str(mods))
+    try:
+        assert cli.main(args(ref)) == 0
+    finally:
+        sys.path.remove(str(mods))
+
+    rng = random.Random(13)
+    kills, mid_write = 0, 0
+    for attempt in range(20):
+        if kills >= 6 and mid_write >= 3:
+            break
+        proc = subprocess.Popen([sys.executable, "-c", CHILD] + args(out), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        t0 = time.monotonic()
+        during_write = attempt % 2 == 0
+        deadline = t0 + (60 if during_write else rng.uniform(1.0, 8.0))
+        tmp = []
+        while proc.poll() is None and time.monotonic() < deadline:
+            if during_write:
+                tmp = list((out / "shards").glob(".shard-*.tmp")) if (out / "shards").is_dir() else []
+                if tmp:
+                    break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate()
+        assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err.decode()[-2000:]}"
+        kills += 1
+        if during_write and tmp and any(p.exists() for p in tmp):
+            mid_write += 1  # killed with a shard file half written (the temporary file is left behind)
+        manifest = out / "manifest.json"
+        if manifest.exists():
+            assert json.loads(manifest.read_text())["status"] == "incomplete"
+    assert kills >= 6 and mid_write >= 3, (kills, mid_write)
+    committed = len(list((out / "shards").glob("shard-*.json")))
+    assert 0 < committed < n // shard, "the killed runs should have finished some shards, not all"
+
+    sys.path.insert(0, str(mods))
+    try:
+        assert cli.main(args(out)) == 0
+    finally:
+        sys.path.remove(str(mods))
+    assert data_files(out) == data_files(ref) and len(data_files(ref)) == n // shard
+    a, b = Results(ref).manifest, Results(out).manifest
+    assert a["images"] == b["images"] and a["shards"] == b["shards"] and b["num_images"] == n
+    assert not list(out.rglob("*.tmp"))
