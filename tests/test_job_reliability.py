@@ -679,3 +679,101 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path):
     a, b = Results(ref).manifest, Results(out).manifest
     assert a["images"] == b["images"] and a["shards"] == b["shards"] and b["num_images"] == n
     assert not list(out.rglob("*.tmp"))
+
+
+# --------------------------------------------------------------------------- segmentation targets
+
+
+def tiny_seg3():
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 3, padding=1)).eval()
+
+
+def seg_folder(root, n=3, w=16, h=12):
+    rng = np.random.default_rng(7)
+    root.mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"s{i}.png")
+        mask = np.zeros((h, w), dtype=np.uint8)
+        mask[2 + i:8, 3:12 - i] = 2          # class 2
+        mask[9:, :5] = 1                      # class 1
+        Image.fromarray(mask, "L").save(root / f"s{i}.mask.png")
+    return root
+
+
+def seg_run(out, data, target, size=(8, 8), **kw):
+    cfg = JobConfig(model="seg3", data=str(data), method="saliency", out=str(out), target=target, input_size=size,
+                    shard_size=2, batch_size=2, threads=1, quiet=True, **kw)
+    return run_job(cfg, model=tiny_seg3(), task="segmentation")
+
+
+def loaded_images(data, size=(8, 8)):
+    src = ImageFolderSource(data, size=size, mask_suffix=".mask.png")
+    return {rel: src.load_image(rel)[0] for rel in src.files}
+
+
+def test_segmentation_target_mask_files(tmp_path):
+    from fastattr.targets import region
+
+    data = seg_folder(tmp_path / "d")
+    seg_run(tmp_path / "o", data, "mask")
+    results = Results(tmp_path / "o")
+    assert results.ids() == ["s0.png", "s1.png", "s2.png"]  # the masks are not taken as images
+    model = tiny_seg3()
+    for rel, x in loaded_images(data).items():
+        # oracle: the mask cropped and resized (nearest) by PIL, one-hot over the 3 channels, background dropped
+        with Image.open(data / rel.replace(".png", ".mask.png")) as m:
+            box = results[rel].record["crop_box"]
+            small = np.asarray(m.resize((8, 8), Image.NEAREST, box=tuple(box)), dtype=np.int64)
+        w = torch.zeros(1, 3, 8, 8)
+        for c in (1, 2):
+            w[0, c] = torch.from_numpy(small == c).float()
+        expected = METHODS["saliency"](model, x[None], target=region(w))[0]
+        torch.testing.assert_close(results[rel].attribution, expected, rtol=1e-5, atol=1e-6)
+        assert results[rel].record["target"] == {"kind": "mask_pixels", "pixels": int((small > 0).sum())}
+    # a changed mask is a changed image: recomputed
+    with Image.open(data / "s1.mask.png") as m:
+        arr = np.asarray(m).copy()
+    arr[:] = 0
+    arr[0:3, 0:3] = 1
+    Image.fromarray(arr, "L").save(data / "s1.mask.png")
+    res = seg_run(tmp_path / "o", data, "mask")
+    assert res.images_computed == 1 and Results(tmp_path / "o")["s1.png"].record["target"]["pixels"] > 0
+    # a missing mask names the file
+    os.unlink(data / "s2.mask.png")
+    with pytest.raises(JobError, match=re.escape(str(data / "s2.mask.png"))):
+        seg_run(tmp_path / "o2", data, "mask")
+
+
+def test_segmentation_target_class_and_box(tmp_path):
+    from fastattr.targets import region
+
+    data = seg_folder(tmp_path / "d")
+    seg_run(tmp_path / "c", data, "2")
+    seg_run(tmp_path / "b", data, "box:1,2,5,7")
+    model = tiny_seg3()
+    for rel, x in loaded_images(data).items():
+        with torch.no_grad():
+            pred = model(x[None]).argmax(1)[0]
+        w = torch.zeros(1, 3, 8, 8)
+        w[0, 2] = (pred == 2).float()
+        expected = METHODS["saliency"](model, x[None], target=region(w))[0]
+        r = Results(tmp_path / "c")[rel]
+        torch.testing.assert_close(r.attribution, expected, rtol=1e-5, atol=1e-6)
+        assert r.record["target"] == {"kind": "class_pixels", "class": 2, "pixels": int((pred == 2).sum())}
+        wb = torch.zeros(1, 3, 8, 8)
+        for c in (1, 2):
+            wb[0, c, 1:5, 2:7] = (pred[1:5, 2:7] == c).float()
+        expected = METHODS["saliency"](model, x[None], target=region(wb))[0]
+        r = Results(tmp_path / "b")[rel]
+        torch.testing.assert_close(r.attribution, expected, rtol=1e-5, atol=1e-6)
+        assert r.record["target"]["box"] == [1, 2, 5, 7]
+    with pytest.raises(JobError, match="box reaches beyond the model's output of 8x8"):
+        seg_run(tmp_path / "x", data, "box:0,0,9,4")
+    with pytest.raises(JobError, match="box must be box:TOP,LEFT,BOTTOM,RIGHT"):
+        seg_run(tmp_path / "x", data, "box:3,3,1,1")
+    with pytest.raises(JobError, match="class 3 is out of range: the model has 3 output channels"):
+        seg_run(tmp_path / "x", data, "3")
+    with pytest.raises(JobError, match="--target mask is for segmentation models"):
+        frun(fjob(tmp_path / "x", data, target="mask"))
+    assert not (tmp_path / "x").exists()

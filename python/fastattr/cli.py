@@ -114,7 +114,10 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
                                              "(numbers, true/false, null, lists), else taken as a string")
     d = p.add_argument_group("data and targets")
     d.add_argument("--target", help="auto (argmax; predicted foreground for segmentation), pred, label, "
-                                    "a class index or a class name")
+                                    "a class index or a class name (segmentation: that channel over the pixels "
+                                    "predicted as that class); segmentation also: box:TOP,LEFT,BOTTOM,RIGHT (the "
+                                    "predicted foreground in a box of output pixels) or mask (NAME.mask.png "
+                                    "beside each image NAME.EXT: class indices, or 0/255)")
     d.add_argument("--split", help="split of a bundled data set")
     d.add_argument("--limit", type=_nonneg_int, help="only the first N images")
     d.add_argument("--input-size", type=_positive_int, nargs="+", metavar=("H", "W"),

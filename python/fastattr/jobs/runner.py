@@ -52,7 +52,7 @@ from .spec import (JobConfig, JobError, fingerprint, job_spec, resolve_method, r
                    spec_differences, takes_generator, versions)
 from .storage import (HEATMAP_DIR, MANIFEST, SHARD_DIR, DirectoryLock, ShardStore, atomic_write_json,
                       encode_shard, read_json, remove_temp_files)
-from .targets import TargetPolicy
+from .targets import MASK_SUFFIX, TargetPolicy
 
 MANIFEST_VERSION = 1
 
@@ -212,7 +212,7 @@ def _probe_options(cfg: JobConfig, fn, call_options: dict, gen_ok: bool, model, 
     checks (and the target's one forward pass) only."""
     batch = collate([sample])
     x = batch["image"].to(device=device, dtype=dtype)
-    target, _ = policy.resolve(model, x, batch["label"])
+    target, _ = policy.resolve(model, x, batch["label"], batch["mask"])
     options = dict(call_options)
     if gen_ok:
         options["generator"] = torch.Generator(device=device).manual_seed(0)
@@ -452,7 +452,8 @@ def run_job(cfg: JobConfig, *, model: torch.nn.Module | None = None, model_desc:
             source = BundledSource(cfg.data, split=cfg.split, size=size, dataset=dataset)
         else:
             try:
-                source = open_source(cfg.data, split=cfg.split, size=size, resize=cfg.resize, exclude=cfg.out)
+                source = open_source(cfg.data, split=cfg.split, size=size, resize=cfg.resize, exclude=cfg.out,
+                                     mask_suffix=MASK_SUFFIX if cfg.target == "mask" else None)
             except (FileNotFoundError, ValueError) as e:
                 raise JobError(str(e).removeprefix("fastattr: ")) from None
             if isinstance(source, ImageFolderSource) and source.size is None:
@@ -469,7 +470,8 @@ def run_job(cfg: JobConfig, *, model: torch.nn.Module | None = None, model_desc:
         if cfg.metrics:
             if "pointing" in cfg.metrics and n and sample.get("mask") is None:
                 raise JobError("--metrics pointing needs a ground-truth mask per image (a bundled data set such as "
-                               "bundled:shapes); the images of a folder have none")
+                               f"bundled:shapes, or a folder with --target mask and NAME{MASK_SUFFIX} files); "
+                               "these images have none")
             protocol = metric_protocol(model, sample["image"].shape if n else None, cfg.metrics)
         if n:
             _probe_options(cfg, fn, call_options, gen_ok, model, policy, sample, device, dtype)
@@ -609,7 +611,7 @@ def _run_shard(cfg, k, indices, n_batches, batches, model, fn, call_options, gen
                 bar.update(len(batch["failed"]))
                 continue
             x = batch["image"].to(device=device, dtype=dtype)
-            target, target_records = policy.resolve(model, x, batch["label"])
+            target, target_records = policy.resolve(model, x, batch["label"], batch["mask"])
             try:
                 a = fn(model, x, target=target, **options)
             except (ValueError, TypeError) as e:

@@ -55,8 +55,10 @@ class ImageFolderSource(torch.utils.data.Dataset):
     (a job's own output, when it lies inside ``root``), are skipped.
     """
 
-    def __init__(self, root: str | os.PathLike, size=None, resize: str = "crop", exclude=None):
+    def __init__(self, root: str | os.PathLike, size=None, resize: str = "crop", exclude=None,
+                 mask_suffix: str | None = None):
         self.root = Path(root)
+        self.mask_suffix = mask_suffix
         skip = Path(exclude).resolve() if exclude is not None else None
         if not self.root.is_dir():
             raise FileNotFoundError(f"fastattr: data directory {str(root)!r} does not exist or is not a directory")
@@ -69,6 +71,8 @@ class ImageFolderSource(torch.utils.data.Dataset):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
                                  and (skip is None or Path(dirpath, d).resolve() != skip))
             for name in names:
+                if mask_suffix is not None and name.lower().endswith(mask_suffix):
+                    continue  # a mask, not an image
                 if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
                     files.append(Path(dirpath, name).relative_to(self.root).as_posix())
         self.files = sorted(files)
@@ -82,8 +86,14 @@ class ImageFolderSource(torch.utils.data.Dataset):
         """What identifies the data for the job's fingerprint: the folder and how
         images become inputs. The files themselves are identified one by one
         (:meth:`identity`), so adding or removing files does not change it."""
-        return {"kind": "folder", "root": str(self.root.resolve()), "size": list(self.size) if self.size else None,
+        desc = {"kind": "folder", "root": str(self.root.resolve()), "size": list(self.size) if self.size else None,
                 "resize": self.resize, "alpha": "composited onto white"}
+        if self.mask_suffix is not None:
+            desc["masks"] = f"NAME{self.mask_suffix} beside NAME.EXT"
+        return desc
+
+    def mask_path(self, rel: str) -> Path:
+        return self.root / (os.path.splitext(rel)[0] + self.mask_suffix)
 
     def listing(self, n: int | None = None) -> dict:
         """The current files (names and sizes) of the first ``n`` images, for the manifest."""
@@ -105,13 +115,43 @@ class ImageFolderSource(torch.utils.data.Dataset):
         path = self.root / rel
         h = hashlib.sha256()
         try:
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+            for p in [path] + ([self.mask_path(rel)] if self.mask_suffix is not None else []):
+                with open(p, "rb") as f:  # a changed mask changes the result too
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
             digest = h.hexdigest()
         except OSError:
             digest = None
         return {"id": rel, "path": str(self.root.resolve() / rel), "sha256": digest}
+
+    def _box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The region of the file (after EXIF rotation) that becomes the input."""
+        if self.size is not None and self.resize == "crop":
+            h, w = self.size
+            # scale the shorter side to fit, crop the centre
+            scale = max(w / width, h / height)
+            cw, ch = w / scale, h / scale
+            left, top = (width - cw) / 2, (height - ch) / 2
+            return (left, top, left + cw, top + ch)
+        return (0.0, 0.0, float(width), float(height))
+
+    def load_mask(self, rel: str, size: tuple[int, int]) -> torch.Tensor:
+        """The mask of image ``rel`` as (H, W) class indices (0/255 files become 0/1),
+        cropped and resized (nearest) like the image (``size``: the file's width, height)."""
+        path = self.mask_path(rel)
+        with Image.open(path) as m:
+            m = ImageOps.exif_transpose(m)
+            if m.mode not in ("1", "L", "P", "I", "I;16"):
+                raise ValueError(f"mask {path} is {m.mode}; give a one-channel PNG of class indices (mode L or P)")
+            if m.size != tuple(size):
+                raise ValueError(f"mask {path} is {m.size[0]}x{m.size[1]} but its image is {size[0]}x{size[1]}")
+            if self.size is not None:
+                h, w = self.size
+                m = m.resize((w, h), Image.NEAREST, box=self._box(*size))
+            arr = np.asarray(m).astype(np.int64)
+        if arr.size and set(np.unique(arr).tolist()) <= {0, 255}:
+            arr = arr // 255
+        return torch.from_numpy(arr)
 
     def load_image(self, rel: str) -> tuple[torch.Tensor, list[float], list[int]]:
         """``(image, crop_box, original_size)``."""
@@ -123,15 +163,9 @@ class ImageFolderSource(torch.utils.data.Dataset):
                 im = ImageOps.exif_transpose(im)
                 im = _flatten_alpha(im)
                 width, height = im.size
-                box = (0.0, 0.0, float(width), float(height))
+                box = self._box(width, height)
                 if self.size is not None:
                     h, w = self.size
-                    if self.resize == "crop":
-                        # scale the shorter side to fit, crop the centre
-                        scale = max(w / width, h / height)
-                        cw, ch = w / scale, h / scale
-                        left, top = (width - cw) / 2, (height - ch) / 2
-                        box = (left, top, left + cw, top + ch)
                     im = im.resize((w, h), Image.BICUBIC, box=box)
                 arr = np.asarray(im, dtype=np.uint8)
         image = torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
@@ -142,7 +176,10 @@ class ImageFolderSource(torch.utils.data.Dataset):
         item = {"index": index, "id": rel, "path": str(self.root.resolve() / rel), "image": None,
                 "label": None, "mask": None}
         try:
-            item["image"], item["crop_box"], item["original_size"] = self.load_image(rel)
+            image, box, size = self.load_image(rel)
+            if self.mask_suffix is not None:
+                item["mask"] = self.load_mask(rel, size)
+            item.update(image=image, crop_box=box, original_size=size)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             # OSError covers unreadable, truncated and unidentifiable (PIL.UnidentifiedImageError) files.
             item["error"] = f"{type(e).__name__}: {e}"
@@ -204,11 +241,13 @@ class BundledSource(torch.utils.data.Dataset):
                 "label": label, "mask": mask}
 
 
-def open_source(spec: str, split: str = "test", size=None, resize: str = "crop", exclude=None):
-    """``bundled:NAME`` → :class:`BundledSource`; anything else is a directory of images."""
+def open_source(spec: str, split: str = "test", size=None, resize: str = "crop", exclude=None,
+                mask_suffix: str | None = None):
+    """``bundled:NAME`` → :class:`BundledSource`; anything else is a directory of images
+    (with ``mask_suffix``, each image's mask file is read beside it)."""
     if spec.startswith(BUNDLED_PREFIX):
         return BundledSource(spec[len(BUNDLED_PREFIX):], split=split, size=size)
-    return ImageFolderSource(spec, size=size, resize=resize, exclude=exclude)
+    return ImageFolderSource(spec, size=size, resize=resize, exclude=exclude, mask_suffix=mask_suffix)
 
 
 def collate(items: list[dict]) -> dict:
