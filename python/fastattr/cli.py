@@ -95,7 +95,8 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run", help="attributions for a folder of images or a bundled data set, in resumable shards",
         description="Compute attributions for every image of --data with --method and write them to --out in "
-                    "shards with a manifest. Rerunning the same command resumes an interrupted run. Under "
+                    "shards with a manifest. Rerunning the same command resumes an interrupted run; "
+                    "after files were added, removed or changed it computes only the new and changed images. Under "
                     "torchrun (torchrun --nproc-per-node=K -m fastattr run ...) the shards are spread over the "
                     "processes.")
     g = p.add_argument_group("job")

@@ -179,7 +179,7 @@ def infer_task(model: nn.Module, sample: torch.Tensor) -> str:
         out = model(sample)
     if isinstance(out, dict):
         keys = list(out)
-        raise JobError(f"the model returns a {type(out).__name__} with keys {', '.join(map(repr, keys))}, not a "
+        raise JobError(f"the model returns a dict ({type(out).__name__}) with keys {', '.join(map(repr, keys))}, not a "
                        f"tensor; pass --output-key KEY to explain one entry (e.g. --output-key {keys[0]})")
     if isinstance(out, (tuple, list)):
         raise JobError(f"the model returns a {type(out).__name__} of {len(out)} entries, not a tensor; pass "
