@@ -777,3 +777,34 @@ def test_segmentation_target_class_and_box(tmp_path):
     with pytest.raises(JobError, match="--target mask is for segmentation models"):
         frun(fjob(tmp_path / "x", data, target="mask"))
     assert not (tmp_path / "x").exists()
+
+
+def test_unchanged_files_are_not_hashed_again(tmp_path, monkeypatch):
+    import builtins
+
+    from fastattr.jobs import sources
+
+    data = folder(tmp_path / "d", NAMES[:6])
+    out = tmp_path / "o"
+    frun(fjob(out, data))
+    opened = []
+
+    def counting_open(path, *a, **k):
+        opened.append(Path(path).name)
+        return builtins.open(path, *a, **k)
+
+    monkeypatch.setattr(sources, "open", counting_open, raising=False)
+    assert frun(fjob(out, data)).shards_computed == 0
+    assert opened == []  # size and mtime unchanged: the recorded sha256 is used
+    # new mtime, same bytes: hashed again, and still the same image
+    os.utime(data / "img02.png", ns=(1, 1))
+    assert frun(fjob(out, data)).shards_computed == 0 and opened == ["img02.png"]
+    # other bytes of the same size under the old mtime: only --verify notices
+    st = (data / "img03.png").stat()
+    write_png(data / "img03.png", 777)
+    assert (data / "img03.png").stat().st_size == st.st_size
+    os.utime(data / "img03.png", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert frun(fjob(out, data)).shards_computed == 0
+    res = frun(fjob(out, data, verify=True))
+    assert res.images_computed == 1
+    torch.testing.assert_close(Results(out)["img03.png"].attribution, direct_saliency(data / "img03.png"))

@@ -480,7 +480,10 @@ def run_job(cfg: JobConfig, *, model: torch.nn.Module | None = None, model_desc:
         if protocol is not None:
             spec["metrics_protocol"] = protocol["record"]
         fp = fingerprint(spec)
-        identities = [source.identity(i) for i in range(n)]
+        # Files whose size and mtime match a committed shard's record are not hashed again (--verify: all are).
+        known = {} if cfg.verify else {img["id"]: img for rec in ShardStore(cfg.out, cfg.format, fp).committed().values()
+                                       for img in rec.get("images", [])}
+        identities = [source.identity(i, known) for i in range(n)]
         listing = hashlib.sha256(json.dumps([_key(d) for d in identities]).encode()).hexdigest()
         out = Path(cfg.out)
 
@@ -607,6 +610,8 @@ def _run_shard(cfg, k, indices, n_batches, batches, model, fn, call_options, gen
                     raise _unreadable(cfg, item)
                 records.append({"index": int(item["index"]), "id": item["id"], "path": item["path"],
                                 "sha256": identities[item["index"]]["sha256"], "skipped": item["error"]})
+                if identities[item["index"]].get("stat"):
+                    records[-1]["stat"] = identities[item["index"]]["stat"]
             if batch["image"] is None:
                 bar.update(len(batch["failed"]))
                 continue
@@ -631,6 +636,8 @@ def _run_shard(cfg, k, indices, n_batches, batches, model, fn, call_options, gen
                 label = batch["label"][j]
                 rec = {"index": int(idx), "id": batch["id"][j], "path": batch["path"][j],
                        "sha256": identities[idx]["sha256"], "target": target_records[j]}
+                if identities[idx].get("stat"):
+                    rec["stat"] = identities[idx]["stat"]
                 if isinstance(label, int) or (isinstance(label, torch.Tensor) and label.dim() == 0):
                     rec["label"] = int(label)
                 if scores is not None:

@@ -108,21 +108,37 @@ class ImageFolderSource(torch.utils.data.Dataset):
             h.update(b"\0%d\n" % size)
         return {"files": len(files), "listing_sha256": h.hexdigest()}
 
-    def identity(self, index: int) -> dict:
-        """``{"id", "path", "sha256"}`` of image ``index``; sha256 is None when the
-        file cannot be read (its item then reports the error)."""
+    def identity(self, index: int, known: dict | None = None) -> dict:
+        """``{"id", "path", "sha256", "stat"}`` of image ``index``; sha256 is None
+        when the file cannot be read (its item then reports the error). ``stat``
+        is (size, mtime_ns) of the file (and of its mask). ``known`` maps ids to
+        identities recorded earlier: one whose ``stat`` is unchanged gives its
+        sha256 without the file being read again (as make and rsync decide)."""
         rel = self.files[index]
-        path = self.root / rel
+        paths = [self.root / rel] + ([self.mask_path(rel)] if self.mask_suffix is not None else [])
+        ident = {"id": rel, "path": str(self.root.resolve() / rel), "sha256": None, "stat": None}
+        try:
+            stat = []
+            for p in paths:
+                st = p.stat()
+                stat += [st.st_size, st.st_mtime_ns]
+            ident["stat"] = stat
+        except OSError:
+            return ident
+        old = (known or {}).get(rel)
+        if old is not None and old.get("stat") == stat and old.get("sha256"):
+            ident["sha256"] = old["sha256"]
+            return ident
         h = hashlib.sha256()
         try:
-            for p in [path] + ([self.mask_path(rel)] if self.mask_suffix is not None else []):
+            for p in paths:
                 with open(p, "rb") as f:  # a changed mask changes the result too
                     for block in iter(lambda: f.read(1 << 20), b""):
                         h.update(block)
-            digest = h.hexdigest()
+            ident["sha256"] = h.hexdigest()
         except OSError:
-            digest = None
-        return {"id": rel, "path": str(self.root.resolve() / rel), "sha256": digest}
+            pass
+        return ident
 
     def _box(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The region of the file (after EXIF rotation) that becomes the input."""
@@ -223,7 +239,7 @@ class BundledSource(torch.utils.data.Dataset):
     def listing(self, n: int | None = None) -> dict:
         return {"items": len(self.dataset) if n is None else min(n, len(self.dataset))}
 
-    def identity(self, index: int) -> dict:
+    def identity(self, index: int, known: dict | None = None) -> dict:
         """A bundled item is identified by its id (the data set is fixed by the fastattr version)."""
         return {"id": f"{self.name}/{self.split}/{index:06d}", "path": None, "sha256": None}
 
