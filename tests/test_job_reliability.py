@@ -613,8 +613,8 @@ sys.exit(cli.main(sys.argv[1:]))
 
 def test_sigkill_at_random_points_loses_nothing(tmp_path):
     """SIGKILL ``fastattr run`` at least 6 times in one job, at random moments and
-    while a shard file is half written; the rerun's output equals an
-    uninterrupted run byte for byte."""
+    in the middle of shard writes; the rerun's output equals an uninterrupted
+    run byte for byte."""
     import random
     import signal
     import subprocess
@@ -662,7 +662,7 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path):
         assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err.decode()[-2000:]}"
         kills += 1
         if during_write and tmp and any(p.exists() for p in tmp):
-            mid_write += 1  # killed with a shard file half written (the temporary file is left behind)
+            mid_write += 1  # killed in the middle of a shard write (its temporary file is left behind)
         manifest = out / "manifest.json"
         if manifest.exists():
             assert json.loads(manifest.read_text())["status"] == "incomplete"
