@@ -852,3 +852,17 @@ def test_unchanged_files_are_not_hashed_again(tmp_path, monkeypatch):
     res = frun(fjob(out, data, verify=True))
     assert res.images_computed == 1
     torch.testing.assert_close(Results(out)["img03.png"].attribution, direct_saliency(data / "img03.png"))
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npy"])
+def test_a_shard_of_only_unreadable_images(tmp_path, fmt):
+    data = folder(tmp_path / "d", ["a.png"])
+    make_bad_files(data)
+    out = tmp_path / "o"
+    res = frun(fjob(out, data, on_error="skip", shard_size=2, format=fmt))
+    assert (res.images_computed, res.images_skipped, res.shards_computed) == (1, 3, 2)
+    results = Results(out)
+    assert results.ids() == ["a.png"] and len(results.skipped) == 3
+    assert [s["shard"] for s in results.skipped] == [f"shards/shard-00000.{fmt}"] + [f"shards/shard-00001.{fmt}"] * 2
+    torch.testing.assert_close(results.attributions(), direct_saliency(data / "a.png")[None])
+    assert frun(fjob(out, data, on_error="skip", shard_size=2, format=fmt)).shards_computed == 0
