@@ -251,8 +251,12 @@ def test_segmentation_target_is_predicted_foreground(tmp_path):
             return (o * w).flatten(1).sum(1)
         expected = METHODS["integrated_gradients"](model, x[i:i + 1], target=score, n_steps=3)
         torch.testing.assert_close(out.attributions()[i:i + 1], expected, rtol=1e-5, atol=1e-6)
-    with pytest.raises(JobError, match="segmentation"):
-        run(job(tmp_path / "t", "saliency", target="1"), model=model, data=data, task="segmentation")
+    # a class of a one-channel model: 1 is the foreground (logit > 0), and there is no class 2
+    run(job(tmp_path / "t", "integrated_gradients", method_options={"n_steps": 3}, target="1"), model=model,
+        data=data, task="segmentation")
+    torch.testing.assert_close(open_output(tmp_path / "t").attributions(), out.attributions())
+    with pytest.raises(JobError, match="class 2 is out of range: the model has 1 output channels"):
+        run(job(tmp_path / "u", "saliency", target="2"), model=model, data=data, task="segmentation")
 
 
 def test_heatmaps_written(tmp_path):

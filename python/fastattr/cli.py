@@ -35,7 +35,7 @@ OPTION_NAMES = {"integration": "method", "internal_batch_size": "batch_size"}
 RUN_DEFAULTS = {
     "target": "auto", "batch_size": 16, "device": "cpu", "dtype": "float32", "split": "test",
     "format": "safetensors", "shard_size": 256, "seed": 0, "resize": "crop", "num_workers": 0, "threads": None,
-    "dist_timeout": 86400.0,
+    "dist_timeout": 86400.0, "on_error": "fail", "progress_interval": 30.0, "output_key": None, "max_memory": None,
 }
 
 
@@ -95,7 +95,8 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run", help="attributions for a folder of images or a bundled data set, in resumable shards",
         description="Compute attributions for every image of --data with --method and write them to --out in "
-                    "shards with a manifest. Rerunning the same command resumes an interrupted run. Under "
+                    "shards with a manifest. Rerunning the same command resumes an interrupted run; "
+                    "after files were added, removed or changed it computes only the new and changed images. Under "
                     "torchrun (torchrun --nproc-per-node=K -m fastattr run ...) the shards are spread over the "
                     "processes.")
     g = p.add_argument_group("job")
@@ -114,18 +115,33 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
                                              "(numbers, true/false, null, lists), else taken as a string")
     d = p.add_argument_group("data and targets")
     d.add_argument("--target", help="auto (argmax; predicted foreground for segmentation), pred, label, "
-                                    "a class index or a class name")
+                                    "a class index or a class name (segmentation: that channel over the pixels "
+                                    "predicted as that class); segmentation also: box:TOP,LEFT,BOTTOM,RIGHT (the "
+                                    "predicted foreground in a box of output pixels) or mask (NAME.mask.png "
+                                    "beside each image NAME.EXT: class indices, or 0/255)")
     d.add_argument("--split", help="split of a bundled data set")
     d.add_argument("--limit", type=_nonneg_int, help="only the first N images")
     d.add_argument("--input-size", type=_positive_int, nargs="+", metavar=("H", "W"),
                    help="resize images to H W (default: the model's input size)")
     d.add_argument("--resize", choices=("crop", "stretch"),
-                   help="crop: scale the shorter side and crop the centre; stretch: scale both sides")
+                   help="crop: scale the shorter side and crop the centre; stretch: scale both sides "
+                        "(the crop box of each image is recorded in the manifest; transparent pixels are "
+                        "composited onto white)")
+    d.add_argument("--on-error", choices=("fail", "skip"),
+                   help="an image that cannot be read: fail (naming the file) or skip it and record it in the "
+                        "manifest as skipped, with the reason")
+    d.add_argument("--output-key", metavar="KEY",
+                   help="explain this entry of a model that returns a dict (e.g. 'out' of torchvision "
+                        "segmentation models) or a tuple (an index)")
     e = p.add_argument_group("execution")
     e.add_argument("--batch-size", type=_positive_int, help="images per method call")
     e.add_argument("--device", help="cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)")
     e.add_argument("--dtype", choices=("float32", "float64", "float16", "bfloat16"), help="model and input precision")
-    e.add_argument("--seed", type=int, help="seed of stochastic methods (each shard derives its own)")
+    e.add_argument("--seed", type=int, help="seed of stochastic methods (each shard derives its own) and of the "
+                                            "model's random weights (?weights=none), so such jobs resume")
+    e.add_argument("--max-memory", metavar="SIZE",
+                   help="memory budget of one forward/backward pass when a method picks its own chunk size, "
+                        "e.g. 2G or 512M (estimated at 512 bytes of activations per input element)")
     e.add_argument("--num-workers", type=_nonneg_int, help="DataLoader worker processes for decoding images")
     e.add_argument("--threads", type=_positive_int, help="torch CPU threads (torch.set_num_threads; default: "
                                                         "torch's choice, 1 per process under torchrun)")
@@ -145,7 +161,10 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
                    help="on resume, check the sha256 of every finished shard (reads them all)")
     o.add_argument("-q", "--quiet", action="store_true", default=None, help="no progress bar or messages")
     o.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="force the progress bar on or off (default: on when stderr is a terminal)")
+                   help="force the progress bar on or off (default: a bar when stderr is a terminal, else a plain "
+                        "progress line every --progress-interval seconds)")
+    o.add_argument("--progress-interval", type=float, metavar="SECONDS",
+                   help="seconds between plain progress lines when stderr is not a terminal")
     # Flags default to None so that --config can fill them in; show the real defaults.
     for action in p._actions:
         if action.dest in RUN_DEFAULTS and RUN_DEFAULTS[action.dest] is not None and action.help:

@@ -81,7 +81,26 @@ def cuda_rows(per_sample: int, total_memory: int) -> int:
     return min(_CUDA_ELEMENTS // per_sample, by_memory)
 
 
-def default_batch_size(inputs: Tensor) -> int:
+# A memory budget (bytes) for the automatic rows per pass: --max-memory / max_memory=.
+_MEMORY_BUDGET: contextvars.ContextVar[int | None] = contextvars.ContextVar("fastattr_memory_budget", default=None)
+
+
+@contextlib.contextmanager
+def memory_budget(max_memory: int | None):
+    """Within the block, :func:`default_batch_size` (every method's
+    ``batch_size=None``) keeps a pass's estimated activation memory,
+    ``rows x input elements x 512`` bytes (see ``_CUDA_BYTES_PER_ELEMENT``),
+    within ``max_memory`` bytes. ``None`` leaves the default rule alone."""
+    if max_memory is not None and (isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory < 1):
+        raise ValueError(f"fastattr: max_memory must be a positive number of bytes or None, got {max_memory!r}")
+    token = _MEMORY_BUDGET.set(max_memory)
+    try:
+        yield
+    finally:
+        _MEMORY_BUDGET.reset(token)
+
+
+def default_batch_size(inputs: Tensor, max_memory: int | None = None) -> int:
     """Rows per forward pass when ``batch_size=None``: the one batch-size rule.
 
     Bounded by input elements per pass (on CUDA ``2**25`` and a quarter of the
@@ -89,8 +108,11 @@ def default_batch_size(inputs: Tensor) -> int:
     peak memory does not grow with the number of points or samples.
     On the CPU it is raised to 8 rows, and to the batch size B, as long as those
     rows hold at most ``2**21`` elements (a batch that fits is not split into
-    uneven passes). Always between 1 and 512."""
+    uneven passes). A memory budget (``max_memory`` bytes, else the one set by
+    :func:`memory_budget`) caps the rows at ``max_memory // (512 x elements)``.
+    Always between 1 and 512."""
     per_sample = max(1, math.prod(inputs.shape[1:]))
+    budget = max_memory if max_memory is not None else _MEMORY_BUDGET.get()
     if inputs.device.type == "cuda":
         rows = cuda_rows(per_sample, torch.cuda.get_device_properties(inputs.device).total_memory)
     elif inputs.device.type != "cpu":
@@ -101,6 +123,8 @@ def default_batch_size(inputs: Tensor) -> int:
         rows = max(rows, min(_CPU_MIN_ROWS, fits))
         if inputs.shape[0] <= fits:
             rows = max(rows, inputs.shape[0])
+    if budget is not None:
+        rows = min(rows, budget // (per_sample * _CUDA_BYTES_PER_ELEMENT))
     return max(1, min(_MAX_ROWS, rows))
 
 

@@ -45,6 +45,37 @@ class CountingModel(nn.Module):
         return self.model(x)
 
 
+class SelectOutput(nn.Module):
+    """``model(x)[key]``: one entry of a model that returns a dict (``key`` a
+    name, e.g. ``"out"`` of torchvision's segmentation models) or a tuple/list
+    (``key`` an index). ``--output-key``."""
+
+    def __init__(self, model: nn.Module, key):
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, x):
+        out = self.model(x)
+        if isinstance(out, dict):
+            if self.key in out:
+                return out[self.key]
+            raise JobError(f"--output-key {self.key!r}: the model's output has no such key; "
+                           f"its keys are {', '.join(map(repr, out))}")
+        if isinstance(out, (tuple, list)):
+            try:
+                i = int(self.key)
+            except (TypeError, ValueError):
+                raise JobError(f"--output-key {self.key!r}: the model returns a {type(out).__name__} of "
+                               f"{len(out)} entries; give an index 0..{len(out) - 1}") from None
+            if not -len(out) <= i < len(out):
+                raise JobError(f"--output-key {i}: the model returns a {type(out).__name__} of {len(out)} "
+                               f"entries; give an index 0..{len(out) - 1}")
+            return out[i]
+        raise JobError(f"--output-key {self.key!r} was given but the model returns a single "
+                       f"{type(out).__name__}; leave --output-key out")
+
+
 def _file_identity(path: Path) -> dict:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -91,7 +122,7 @@ def _torchvision_input_size(spec: str):
         return (224, 224)
 
 
-def load_model(spec: str, device, dtype: torch.dtype) -> tuple[nn.Module, dict]:
+def load_model(spec: str, device, dtype: torch.dtype, seed: int = 0) -> tuple[nn.Module, dict]:
     """``(model in eval mode on device/dtype, description for the manifest)``.
 
     Bundled models normalise their [0, 1] input themselves. ``torchvision:NAME``
@@ -102,6 +133,9 @@ def load_model(spec: str, device, dtype: torch.dtype) -> tuple[nn.Module, dict]:
     ``input_size`` for these (torchvision: the default weights' crop size;
     timm: ``pretrained_cfg["input_size"]``). A model given as a file is
     identified by its sha256, so resuming after the file changed is refused.
+    The model is built under ``torch.manual_seed(seed)`` (torch's global RNG is
+    restored afterwards), so random-weight models (``?weights=none``) are the
+    same on every run and their jobs resume.
     """
     try:
         from .. import models
@@ -109,7 +143,9 @@ def load_model(spec: str, device, dtype: torch.dtype) -> tuple[nn.Module, dict]:
         raise JobError(f"fastattr.models is not available ({e})") from None
     load_error = getattr(models, "ModelLoadError", RuntimeError)
     try:
-        model = models.load(spec, device=device, dtype=dtype)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = models.load(spec, device=device, dtype=dtype)
     except (load_error, FileNotFoundError, KeyError, ValueError, ImportError) as e:
         raise JobError(f"cannot load model {spec!r}: {str(e).removeprefix('fastattr.models: ')}") from None
     desc: dict = {"spec": spec}
@@ -141,6 +177,13 @@ def infer_task(model: nn.Module, sample: torch.Tensor) -> str:
     """``classification`` for (N, K) outputs, ``segmentation`` for (N, C, H, W)."""
     with torch.no_grad():
         out = model(sample)
+    if isinstance(out, dict):
+        keys = list(out)
+        raise JobError(f"the model returns a dict ({type(out).__name__}) with keys {', '.join(map(repr, keys))}, not a "
+                       f"tensor; pass --output-key KEY to explain one entry (e.g. --output-key {keys[0]})")
+    if isinstance(out, (tuple, list)):
+        raise JobError(f"the model returns a {type(out).__name__} of {len(out)} entries, not a tensor; pass "
+                       f"--output-key INDEX to explain one entry (e.g. --output-key 0)")
     if not isinstance(out, torch.Tensor):
         raise JobError(f"the model returned {type(out).__name__}, not a tensor")
     if out.dim() == 2:

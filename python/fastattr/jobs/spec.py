@@ -19,6 +19,8 @@ DTYPES = {
 }
 # Metrics ``fastattr run --metrics`` computes per image (fastattr.metrics).
 METRICS = ("deletion", "insertion", "pointing")
+# What a job does with an image it cannot read (--on-error).
+ON_ERROR = ("fail", "skip")
 # Keywords a method's options cannot set: the job supplies them.
 RESERVED_OPTIONS = ("model", "inputs", "target", "generator")
 
@@ -49,6 +51,8 @@ class JobConfig:
     input_size: tuple[int, int] | None = None
     resize: str = "crop"
     metrics: tuple[str, ...] = ()
+    output_key: str | int | None = None
+    max_memory: int | None = None
     # operational
     overwrite: bool = False
     quiet: bool = False
@@ -57,6 +61,8 @@ class JobConfig:
     threads: int | None = None
     verify: bool = False
     dist_timeout: float = 86400.0
+    on_error: str = "fail"
+    progress_interval: float = 30.0
 
     def check(self) -> None:
         from .storage import FORMATS
@@ -75,6 +81,14 @@ class JobConfig:
             raise JobError(f"--threads must be at least 1, got {self.threads}")
         if self.num_workers < 0:
             raise JobError(f"--num-workers must be non-negative, got {self.num_workers}")
+        if self.on_error not in ON_ERROR:
+            raise JobError(f"--on-error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
+        if self.max_memory is not None:
+            self.max_memory = parse_memory(self.max_memory)
+        if not self.progress_interval > 0:
+            raise JobError(f"--progress-interval must be a positive number of seconds, got {self.progress_interval!r}")
+        if self.output_key is not None and not isinstance(self.output_key, (str, int)):
+            raise JobError(f"--output-key must be a key (string) or an index (integer), got {self.output_key!r}")
         self.metrics = check_metrics(self.metrics)
         dev = str(self.device)
         if not (dev == "cpu" or dev == "cuda" or dev.startswith("cuda:")):
@@ -102,7 +116,29 @@ def check_metrics(metrics) -> tuple[str, ...]:
     return tuple(metrics)
 
 
-OPERATIONAL = ("out", "overwrite", "quiet", "progress", "num_workers", "threads", "verify", "dist_timeout", "device")
+OPERATIONAL = ("out", "overwrite", "quiet", "progress", "num_workers", "threads", "verify", "dist_timeout", "device",
+               "on_error", "progress_interval", "limit")
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+def parse_memory(value) -> int:
+    """``--max-memory``: bytes as an int, or a string such as ``"512M"``, ``"2GB"``, ``"1.5G"`` (binary units)."""
+    import re
+
+    if isinstance(value, bool):
+        raise JobError(f"--max-memory must be a size such as 2G or 512M, got {value!r}")
+    if isinstance(value, (int, float)):
+        size = value
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise JobError(f"--max-memory must be a size such as 2G, 512M or a number of bytes, got {value!r}")
+        size = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not math.isfinite(size) or size < 1 << 20:
+        raise JobError(f"--max-memory must be at least 1M, got {value!r}")
+    return int(size)
 
 
 def config_keys() -> list[str]:
@@ -173,7 +209,7 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
-def job_spec(cfg: JobConfig, recorded_options: dict, model_desc: dict, data_desc: dict, n_images: int) -> dict:
+def job_spec(cfg: JobConfig, recorded_options: dict, model_desc: dict, data_desc: dict) -> dict:
     """The parameters that determine the output, in a canonical JSON-able form."""
     v = versions()
     spec = {
@@ -182,22 +218,23 @@ def job_spec(cfg: JobConfig, recorded_options: dict, model_desc: dict, data_desc
         "model": model_desc,
         "data": data_desc,
         "split": cfg.split,
-        "limit": cfg.limit,
-        "num_images": n_images,
         "target": cfg.target,
         "batch_size": cfg.batch_size,
         "dtype": str(cfg.torch_dtype).replace("torch.", ""),
         "device_type": torch.device(cfg.device).type,
         "format": cfg.format,
         "shard_size": cfg.shard_size,
-        "num_shards": math.ceil(n_images / cfg.shard_size) if n_images else 0,
         "heatmaps": cfg.heatmaps,
         "seed": cfg.seed,
-        "seeding": "per shard: sha256('<seed>:<shard>')[:8] seeds torch and the method's generator",
+        "seeding": "per shard: sha256('<seed>:<shard>')[:8] seeds torch and the method's generator; "
+                   "the model is built under torch.manual_seed(<seed>)",
+        "identity": "images by path and sha256 of the file; results kept while both are unchanged",
         "versions": {"fastattr": v["fastattr"], "torch": v["torch"]},
     }
     if cfg.metrics:  # only then, so that jobs without metrics keep their fingerprints
         spec["metrics"] = list(cfg.metrics)
+    if cfg.max_memory is not None:  # the automatic chunk size (and so the rounding) depends on it
+        spec["max_memory"] = cfg.max_memory
     return spec
 
 

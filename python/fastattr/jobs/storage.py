@@ -17,6 +17,11 @@ recorded sha256). The record is written after the data file, so a crash between
 the two leaves a data file without a record: the shard is redone, and as the work
 is deterministic the rewrite has the same bytes. Leftover temporary files are
 never read and are removed when a job starts.
+
+A record lists its images by identity (id, and for files the sha256 of their
+bytes). A rerun keeps every committed shard and uses each of its rows whose
+image is still in the data with the same bytes; committed shards are never
+rewritten or deleted (only ``--overwrite`` clears the directory).
 """
 
 from __future__ import annotations
@@ -224,3 +229,17 @@ class ShardStore:
 
     def done(self, shard: int, verify: bool = False) -> bool:
         return self.read_record(shard, verify) is not None
+
+    def committed(self, verify: bool = False) -> dict[int, dict]:
+        """Every committed shard of this job in the directory: number -> record."""
+        found = {}
+        if not self.dir.is_dir():
+            return found
+        for p in self.dir.glob("shard-*.json"):
+            stem = p.stem[len("shard-"):]
+            if not stem.isdigit():
+                continue
+            rec = self.read_record(int(stem), verify)
+            if rec is not None:
+                found[int(stem)] = rec
+        return dict(sorted(found.items()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import os
 import socket
 import urllib.error
@@ -73,15 +74,36 @@ def load_torchvision(spec: str, name: str, params: dict) -> nn.Module:
                 f"choose one of {', '.join(enum.__members__)} or none"
             ) from None
     kwargs = {k: _literal(v) for k, v in params.items()}
+    # Segmentation and detection builders also fetch ImageNet weights for their
+    # backbone unless told not to: random weights mean no download at all.
+    takes_backbone = "weights_backbone" in inspect.signature(tvm.get_model_builder(name)).parameters
+    backbone = kwargs.get("weights_backbone")
+    if isinstance(backbone, str) and backbone.lower() in ("none", "random", ""):
+        kwargs["weights_backbone"] = None
+    elif isinstance(backbone, str) and takes_backbone:
+        enum = type(inspect.signature(tvm.get_model_builder(name)).parameters["weights_backbone"].default)
+        try:
+            kwargs["weights_backbone"] = enum[backbone.removeprefix(enum.__name__ + ".")]
+        except KeyError:
+            raise ModelLoadError(f"fastattr.models: {spec!r}: unknown weights_backbone {backbone!r} for {name}; "
+                                 f"choose one of {', '.join(enum.__members__)} or none") from None
+    elif weights is None and takes_backbone and "weights_backbone" not in kwargs:
+        kwargs["weights_backbone"] = None
+    if "weights_backbone" in kwargs and not takes_backbone:
+        raise ModelLoadError(f"fastattr.models: {spec!r}: torchvision's {name} has no weights_backbone option")
     try:
         return tvm.get_model(name, weights=weights, **kwargs)
     except NETWORK_ERRORS as e:
-        fname = os.path.basename(weights.url) if weights is not None else "?"
+        # The weights that failed: the model's, else its backbone's.
+        fetched = weights if weights is not None else kwargs.get("weights_backbone")
+        url = getattr(fetched, "url", None)
+        where = (f"Download {url} on a machine with network access and put it at "
+                 f"{os.path.join(_hub_hint(), os.path.basename(url))} (torch hub cache, set by TORCH_HOME), or use "
+                 if url else "Use ")
+        random_spec = f"{spec.split('?')[0]}?weights=none" + ("&weights_backbone=none" if takes_backbone else "")
         raise ModelLoadError(
-            f"fastattr.models: could not download the weights for {spec!r} ({weights}): {e}. "
-            f"There seems to be no network access. Download {weights.url} on a machine with network "
-            f"access and put it at {os.path.join(_hub_hint(), fname)} (torch hub cache, set by TORCH_HOME), "
-            f"or use '{spec.split('?')[0]}?weights=none' for random weights."
+            f"fastattr.models: could not download the weights for {spec!r} ({fetched}): {e}. "
+            f"There seems to be no network access. {where}'{random_spec}' for random weights."
         ) from e
 
 
