@@ -86,11 +86,19 @@ def with_activation(model, activation):
             raise ValueError("fastattr: activation='softmax' over a model output with one channel is constant (1), "
                              "which would make every score equal; use activation='sigmoid' (or 'auto') or None")
         if activation == "sigmoid" or channels == 1:
-            return torch.sigmoid(out)
+            return _sigmoid(out)
         return torch.softmax(out, dim=1)
 
     activated.__wrapped__ = model  # the engine's model checks look through the wrapper
     return activated
+
+
+def _sigmoid(z: Tensor) -> Tensor:
+    """``sigmoid(z)`` whose rounding does not depend on where an element sits in
+    the tensor: ATen's CPU sigmoid takes a vectorised exp for most elements and
+    a scalar one for the tail, so a score would change with the batch size.
+    ``softmax([z, 0])[0] = 1 / (1 + exp(-z))`` runs the same code on every pair."""
+    return torch.stack([z, torch.zeros_like(z)], -1).softmax(-1)[..., 0]
 
 
 def _mask_scores(model, n_images: int, target, n_masks: int, batch_size: int, build) -> Tensor:
