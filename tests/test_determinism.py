@@ -181,17 +181,23 @@ def test_smooth_grad_fold_is_the_sequential_sum():
 # --------------------------------------------------------------------------- torchrun: 1 vs 2 processes
 
 TINY = "fa_det_tiny_models:classifier"
+SHAPES = ["--model", TINY, "--data", "bundled:shapes"]
 JOBS = {
-    "rise": ["-O", "n_masks=24", "-O", "grid_size=3"],
-    "smooth_taylor": ["-O", "n_roots=3", "-O", "noise_scale=0.2"],
-    "smooth_grad-integrated_gradients": ["-O", "n_samples=2", "-O", "base=integrated_gradients", "-O", "n_steps=3"],
+    "rise": SHAPES + ["-O", "n_masks=24", "-O", "grid_size=3"],
+    "mfpp": SHAPES + ["-O", "n_masks=16", "-O", "n_levels=2", "-O", "base_segments=8"],
+    "smooth_taylor": SHAPES + ["-O", "n_roots=3", "-O", "noise_scale=0.2"],
+    "smooth_grad-integrated_gradients": SHAPES + ["-O", "n_samples=2", "-O", "base=integrated_gradients", "-O",
+                                                  "n_steps=3"],
+    # PdCR's draws from the bundled lesion patch bank, on the bundled U-Net.
+    "causal_ate": ["--model", "lesions-unet", "--data", "bundled:lesions", "--target", "label", "-O", "n_samples=2",
+                   "-O", "n_screen=1", "-O", "block=32", "-O", "per_image=8"],
 }
 
 
 def _fastattr_run(out, method, options, env, nproc=None):
     method = method.split("-")[0]
-    args = ["run", "--model", TINY, "--data", "bundled:shapes", "--method", method, "--out", str(out),
-            *options, "--limit", "10", "--shard-size", "3", "--batch-size", "2", "--seed", "9", "--threads", "1"]
+    args = ["run", "--method", method, "--out", str(out), *options, "--limit", "10", "--shard-size", "3",
+            "--batch-size", "2", "--seed", "9", "--threads", "1"]
     if nproc is None:
         cmd = [sys.executable, "-m", "fastattr", *args]
     else:
