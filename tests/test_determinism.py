@@ -108,7 +108,8 @@ def _mfpp(seed, batch_size):
 def _causal_ate(seed, batch_size):
     x, gt, bank = _seg_problem()
     heat, _ = causal_ate(_segmenter(), x, gt, (4, 4, 8), block=4, patch_bank=bank, n_screen=2, n_samples=5,
-                         tau=0.0, outcome="soft_dice", activation="sigmoid", generator=torch.Generator().manual_seed(seed),
+                         tau=0.0, outcome="soft_dice", activation="sigmoid",
+                         generator=torch.Generator().manual_seed(seed),
                          batch_size=batch_size)
     return heat
 

@@ -568,7 +568,8 @@ GEOMETRY = [
     ("occlusion-stride", lambda: fastattr.occlusion(_net(), _x(), 0, sliding_window_shapes=(3, 4, 4),
                                                     strides=(3, 20, 20)),
      r"strides \(3, 20, 20\) must be >= 1 and at most the window \(3, 4, 4\)"),
-    ("occlusion-window-with-batch-dim", lambda: fastattr.occlusion(_net(), _x(1)[0], 0, sliding_window_shapes=(3, 4, 4)),
+    ("occlusion-window-with-batch-dim",
+     lambda: fastattr.occlusion(_net(), _x(1)[0], 0, sliding_window_shapes=(3, 4, 4)),
      r"sliding_window_shapes \(3, 4, 4\) has one entry more than the per-sample shape \(16, 16\) of inputs "
      r"\(3, 16, 16\): inputs must have a batch dimension \(for a single sample pass inputs.unsqueeze\(0\)\)"),
     ("feature_ablation-grid", lambda: fastattr.feature_ablation(_net(), _x(), 0, feature_mask="grid:20"),

@@ -183,7 +183,8 @@ def _check_factual(outputs: list[Tensor]) -> None:
             bad = ~torch.isfinite(out)
             raise ValueError(f"fastattr: the model output of image {i} contains NaN or infinite values (expected "
                              f"finite scores, got {int(bad.sum())} non-finite of {out.numel()}, e.g. "
-                             f"{out[bad][0].item()}); outcomes of such maps are meaningless. Check the model and inputs")
+                             f"{out[bad][0].item()}); outcomes of such maps are meaningless. Check the model and "
+                             f"inputs")
 
 
 def _check_bank(bank, channels: int, block, dtype, device) -> Tensor:
