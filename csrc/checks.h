@@ -14,7 +14,7 @@ enum class ReluRule : int { Guided = 0, Deconvnet = 1 };
 inline ReluRule parse_relu_rule(c10::string_view mode) {
   if (mode == "guided") return ReluRule::Guided;
   if (mode == "deconvnet") return ReluRule::Deconvnet;
-  TORCH_CHECK(false, "fastattr: mode must be 'guided' or 'deconvnet', got '",
+  TORCH_CHECK_VALUE(false, "fastattr: mode must be 'guided' or 'deconvnet', got '",
               std::string(mode), "'");
 }
 
@@ -25,7 +25,7 @@ enum class PoolRule : int { Reference = 0, Window = 1 };
 inline PoolRule parse_pool_rule(c10::string_view mode) {
   if (mode == "reference") return PoolRule::Reference;
   if (mode == "window") return PoolRule::Window;
-  TORCH_CHECK(false, "fastattr: mode must be 'reference' or 'window', got '",
+  TORCH_CHECK_VALUE(false, "fastattr: mode must be 'reference' or 'window', got '",
               std::string(mode), "'");
 }
 
@@ -37,26 +37,26 @@ inline std::string dtype_name(at::ScalarType t) {
 }
 
 inline void check_floating(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fastattr: ", name,
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "fastattr: ", name,
               " must be a floating-point tensor, got ", dtype_name(t.scalar_type()));
 }
 
 inline void check_same_shape(const at::Tensor& a, const char* a_name,
                              const at::Tensor& b, const char* b_name) {
-  TORCH_CHECK(a.sizes() == b.sizes(), "fastattr: ", a_name, " and ", b_name,
+  TORCH_CHECK_VALUE(a.sizes() == b.sizes(), "fastattr: ", a_name, " and ", b_name,
               " must have the same shape, got ", a.sizes(), " and ", b.sizes());
 }
 
 inline void check_same_dtype(const at::Tensor& a, const char* a_name,
                              const at::Tensor& b, const char* b_name) {
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "fastattr: ", a_name, " and ",
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), "fastattr: ", a_name, " and ",
               b_name, " must have the same dtype, got ", dtype_name(a.scalar_type()),
               " and ", dtype_name(b.scalar_type()));
 }
 
 inline void check_same_device(const at::Tensor& a, const char* a_name,
                               const at::Tensor& b, const char* b_name) {
-  TORCH_CHECK(a.device() == b.device(), "fastattr: ", a_name, " and ", b_name,
+  TORCH_CHECK_VALUE(a.device() == b.device(), "fastattr: ", a_name, " and ", b_name,
               " must be on the same device, got ", a.device(), " and ",
               b.device());
 }

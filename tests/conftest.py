@@ -1,5 +1,15 @@
+import os
+
 import pytest
 import torch
+from hypothesis import settings
+
+# Property-based tests (tests/test_fuzz_ops.py): a bounded example count per test
+# in CI; FASTATTR_HYPOTHESIS_PROFILE=thorough for a longer search. Tests that set
+# their own max_examples keep it.
+settings.register_profile("ci", max_examples=25, deadline=None, print_blob=True)
+settings.register_profile("thorough", max_examples=500, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("FASTATTR_HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -51,24 +51,39 @@ def fake_run(fn, args):
         return fn(*fake_args)
 
 
-def _message(call, fake: bool) -> str:
-    with FakeTensorMode() if fake else contextlib.nullcontext(), pytest.raises(RuntimeError) as info:
+# Words of a message about an argument's dtype: such errors are TypeErrors,
+# every other bad argument (shape, device, value, mode) a ValueError.
+_TYPE_WORDS = ("dtype", "floating-point", "int64 tensor", "must be int64", "bool tensor")
+
+
+def _error(call, fake: bool) -> tuple[type, str]:
+    with FakeTensorMode() if fake else contextlib.nullcontext(), \
+            pytest.raises((ValueError, TypeError, RuntimeError)) as info:
         call()
-    return str(info.value)
+    return info.type, str(info.value)
+
+
+def _check_kind(kind: type, message: str) -> None:
+    expected = TypeError if any(w in message.lower() for w in _TYPE_WORDS) else ValueError
+    assert kind is expected, f"{message!r} raised {kind.__name__}, expected {expected.__name__}"
 
 
 def assert_same_error(call, match: str) -> None:
-    """`call` (no arguments; it makes its own tensors) raises a RuntimeError
-    matching `match` from the C++ kernel and the identical one from the fake
-    kernel (its tensors are then made under FakeTensorMode)."""
-    eager = _message(call, fake=False)
+    """`call` (no arguments; it makes its own tensors) raises a ValueError (a
+    TypeError for a dtype) matching `match` from the C++ kernel and the
+    identical one from the fake kernel (its tensors are then made under
+    FakeTensorMode)."""
+    kind, eager = _error(call, fake=False)
     assert re.search(match, eager), f"{eager!r} does not match {match!r}"
-    fake = _message(call, fake=True)
-    assert fake == eager, f"fake kernel says {fake!r}, the kernel says {eager!r}"
+    _check_kind(kind, eager)
+    fake_kind, fake = _error(call, fake=True)
+    assert (fake_kind, fake) == (kind, eager), \
+        f"fake kernel raises {fake_kind.__name__}({fake!r}), the kernel {kind.__name__}({eager!r})"
 
 
 def assert_fake_error(call, match: str) -> None:
     """For errors the eager kernels cannot reach here (a CUDA tensor on a
     CPU-only machine): the fake kernel's message."""
-    message = _message(call, fake=True)
+    kind, message = _error(call, fake=True)
     assert re.search(match, message), f"{message!r} does not match {match!r}"
+    _check_kind(kind, message)

@@ -363,7 +363,8 @@ def test_bad_arguments(net, x):
         fastattr.rise(net, x[0])
     with pytest.raises(ValueError, match="p_keep must be in"):
         fastattr.mfpp(net, x, p_keep=2.0)
-    with pytest.raises(ValueError, match="sliding_window_shapes .* must lie within the input"):
+    with pytest.raises(ValueError, match=r"sliding_window_shapes must be between 1 and the per-sample input "
+                                         r"shape \(3, 12, 10\) in every dim, got \(3, 13, 2\)"):
         fastattr.occlusion(net, x, sliding_window_shapes=(3, 13, 2))
     with pytest.raises(ValueError, match="occlusion needs sliding_window_shapes"):
         fastattr.occlusion(net, x)

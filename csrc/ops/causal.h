@@ -34,7 +34,7 @@ inline Outcome parse_outcome(c10::string_view s) {
   if (s == "dice") return Outcome::Dice;
   if (s == "soft_dice") return Outcome::SoftDice;
   if (s == "mean_prob") return Outcome::MeanProb;
-  TORCH_CHECK(false, "fastattr.region_outcome: outcome must be 'dice', 'soft_dice' or 'mean_prob', got '",
+  TORCH_CHECK_VALUE(false, "fastattr.region_outcome: outcome must be 'dice', 'soft_dice' or 'mean_prob', got '",
               std::string(s), "'");
 }
 
@@ -42,7 +42,7 @@ inline Activation parse_activation(c10::string_view s) {
   if (s == "none") return Activation::None;
   if (s == "sigmoid") return Activation::Sigmoid;
   if (s == "softmax") return Activation::Softmax;
-  TORCH_CHECK(false, "fastattr.region_outcome: activation must be 'none', 'sigmoid' or 'softmax', got '",
+  TORCH_CHECK_VALUE(false, "fastattr.region_outcome: activation must be 'none', 'sigmoid' or 'softmax', got '",
               std::string(s), "'");
 }
 
@@ -145,25 +145,25 @@ inline causal::OutcomeArgs check_region_outcome_args(const at::Tensor& output, c
                                                      bool empty_is_one) {
   constexpr const char* op = "region_outcome";
   check_floating(output, "output");
-  TORCH_CHECK(output.dim() == 4 && output.size(1) >= 1,
+  TORCH_CHECK_VALUE(output.dim() == 4 && output.size(1) >= 1,
               "fastattr.region_outcome: output must be a segmentation map (R, K, H, W) with K >= 1, got shape ",
               output.sizes());
   const int64_t classes = output.size(1);
-  TORCH_CHECK(channel >= -1 && channel < classes, "fastattr.region_outcome: channel must be -1 (every channel) or in [0, ",
+  TORCH_CHECK_VALUE(channel >= -1 && channel < classes, "fastattr.region_outcome: channel must be -1 (every channel) or in [0, ",
               classes, ") for an output with ", classes, " channels, got ", channel);
   causal::OutcomeArgs a{};
   a.outcome = causal::parse_outcome(outcome);
   a.activation = causal::parse_activation(activation);
-  TORCH_CHECK(roi.scalar_type() == at::kBool, "fastattr.region_outcome: roi must be a bool tensor, got ",
+  TORCH_CHECK_TYPE(roi.scalar_type() == at::kBool, "fastattr.region_outcome: roi must be a bool tensor, got ",
               dtype_name(roi.scalar_type()));
-  TORCH_CHECK(roi.dim() == 2 && roi.size(0) == output.size(2) && roi.size(1) == output.size(3),
+  TORCH_CHECK_VALUE(roi.dim() == 2 && roi.size(0) == output.size(2) && roi.size(1) == output.size(3),
               "fastattr.region_outcome: roi must have shape (H, W) = [", output.size(2), ", ", output.size(3),
               "], got shape ", roi.sizes());
   check_on_device(op, roi, "roi", output, "output");
   const int64_t selected = channel < 0 ? classes : 1;
-  TORCH_CHECK(at::isFloatingType(gt.scalar_type()), "fastattr.region_outcome: gt must be a floating-point tensor, got ",
+  TORCH_CHECK_TYPE(at::isFloatingType(gt.scalar_type()), "fastattr.region_outcome: gt must be a floating-point tensor, got ",
               dtype_name(gt.scalar_type()));
-  TORCH_CHECK(gt.dim() == 3 && gt.size(0) == selected && gt.size(1) == output.size(2) && gt.size(2) == output.size(3),
+  TORCH_CHECK_VALUE(gt.dim() == 3 && gt.size(0) == selected && gt.size(1) == output.size(2) && gt.size(2) == output.size(3),
               "fastattr.region_outcome: gt must have shape (G, H, W) = [", selected, ", ", output.size(2), ", ",
               output.size(3), "] (G = 1 for one channel, K for every channel), got shape ", gt.sizes());
   check_on_device(op, gt, "gt", output, "output");
@@ -189,27 +189,27 @@ inline AteArgs check_causal_ate_map_args(const at::Tensor& screen, const at::Ten
                                          const at::Tensor& visited, at::IntArrayRef block, double tau) {
   constexpr const char* op = "causal_ate_map";
   check_floating(screen, "screen");
-  TORCH_CHECK(screen.dim() == 4 && screen.size(3) >= 1,
+  TORCH_CHECK_VALUE(screen.dim() == 4 && screen.size(3) >= 1,
               "fastattr.causal_ate_map: screen must have shape (B, gh, gw, n_screen) with n_screen >= 1, got shape ",
               screen.sizes());
-  TORCH_CHECK(full.dim() == 4 && full.sizes().slice(0, 3) == screen.sizes().slice(0, 3) && full.size(3) >= 1,
+  TORCH_CHECK_VALUE(full.dim() == 4 && full.sizes().slice(0, 3) == screen.sizes().slice(0, 3) && full.size(3) >= 1,
               "fastattr.causal_ate_map: full must have shape (B, gh, gw, n_samples) = [", screen.size(0), ", ",
               screen.size(1), ", ", screen.size(2), ", n_samples] with n_samples >= 1, got shape ", full.sizes());
   check_same_dtype(screen, "screen", full, "full");
   check_same_device(screen, "screen", full, "full");
-  TORCH_CHECK(base.dim() == 1 && base.size(0) == screen.size(0), "fastattr.causal_ate_map: base must have shape (B,) = [",
+  TORCH_CHECK_VALUE(base.dim() == 1 && base.size(0) == screen.size(0), "fastattr.causal_ate_map: base must have shape (B,) = [",
               screen.size(0), "], got shape ", base.sizes());
   check_same_dtype(screen, "screen", base, "base");
   check_on_device(op, base, "base", screen, "screen");
-  TORCH_CHECK(visited.scalar_type() == at::kBool, "fastattr.causal_ate_map: visited must be a bool tensor, got ",
+  TORCH_CHECK_TYPE(visited.scalar_type() == at::kBool, "fastattr.causal_ate_map: visited must be a bool tensor, got ",
               dtype_name(visited.scalar_type()));
-  TORCH_CHECK(visited.dim() == 3 && visited.sizes() == screen.sizes().slice(0, 3),
+  TORCH_CHECK_VALUE(visited.dim() == 3 && visited.sizes() == screen.sizes().slice(0, 3),
               "fastattr.causal_ate_map: visited must have shape (B, gh, gw) = ", screen.sizes().slice(0, 3),
               ", got shape ", visited.sizes());
   check_on_device(op, visited, "visited", screen, "screen");
-  TORCH_CHECK(block.size() == 2 && block[0] >= 1 && block[1] >= 1,
+  TORCH_CHECK_VALUE(block.size() == 2 && block[0] >= 1 && block[1] >= 1,
               "fastattr.causal_ate_map: block must be two positive ints (bh, bw), got ", block);
-  TORCH_CHECK(std::isfinite(tau) && tau >= 0, "fastattr.causal_ate_map: tau must be finite and >= 0, got ", tau);
+  TORCH_CHECK_VALUE(std::isfinite(tau) && tau >= 0, "fastattr.causal_ate_map: tau must be finite and >= 0, got ", tau);
   return {screen.size(0), screen.size(1), screen.size(2), screen.size(3), full.size(3), block[0], block[1]};
 }
 

@@ -9,7 +9,7 @@
 namespace fastattr {
 
 inline void check_guided_relu_upper(const std::optional<double>& upper) {
-  TORCH_CHECK(!upper.has_value() || *upper > 0.0,
+  TORCH_CHECK_VALUE(!upper.has_value() || *upper > 0.0,
               "fastattr.guided_relu: upper must be positive or None, got ",
               upper.value_or(0.0));
 }

@@ -125,7 +125,7 @@ enum class GridMode : int { Mirror = 0, Clamp = 1 };
 inline GridMode parse_grid_mode(c10::string_view mode) {
   if (mode == "mirror") return GridMode::Mirror;
   if (mode == "clamp") return GridMode::Clamp;
-  TORCH_CHECK(false, "fastattr: mode must be 'mirror' or 'clamp', got '", std::string(mode), "'");
+  TORCH_CHECK_VALUE(false, "fastattr: mode must be 'mirror' or 'clamp', got '", std::string(mode), "'");
 }
 
 // The two grid cells an up-sampled coordinate reads along one axis, and the
@@ -305,7 +305,7 @@ struct BlockPatchGeometry {
 
 inline void check_batch_operands(const char* op, const at::Tensor& input, const at::Tensor& baseline) {
   check_floating(input, "input");
-  TORCH_CHECK(input.dim() >= 1, "fastattr.", op, ": input must have a batch dimension, got a 0-D tensor");
+  TORCH_CHECK_VALUE(input.dim() >= 1, "fastattr.", op, ": input must have a batch dimension, got a 0-D tensor");
   check_same_shape(input, "input", baseline, "baseline");
   check_same_dtype(input, "input", baseline, "baseline");
   check_same_device(input, "input", baseline, "baseline");
@@ -313,12 +313,12 @@ inline void check_batch_operands(const char* op, const at::Tensor& input, const 
 
 inline void check_on_device(const char* op, const at::Tensor& t, const char* name, const at::Tensor& like,
                             const char* like_name) {
-  TORCH_CHECK(t.device() == like.device(), "fastattr.", op, ": ", name, " must be on the device of ", like_name,
+  TORCH_CHECK_VALUE(t.device() == like.device(), "fastattr.", op, ": ", name, " must be on the device of ", like_name,
               " (", like.device(), "), got ", t.device());
 }
 
 inline void check_int64(const char* op, const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kLong, "fastattr.", op, ": ", name, " must be an int64 tensor, got ",
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, "fastattr.", op, ": ", name, " must be an int64 tensor, got ",
               dtype_name(t.scalar_type()));
 }
 
@@ -332,25 +332,25 @@ struct RiseArgs {
 inline RiseArgs check_rise_args(const char* op, const at::Tensor& grids, const at::Tensor& grid_index,
                                 const at::Tensor& shifts, int64_t height, int64_t width, at::IntArrayRef up_size,
                                 c10::string_view mode, const at::Tensor& like, const char* like_name) {
-  TORCH_CHECK(at::isFloatingType(grids.scalar_type()), "fastattr.", op,
+  TORCH_CHECK_TYPE(at::isFloatingType(grids.scalar_type()), "fastattr.", op,
               ": grids must be a floating-point tensor, got ", dtype_name(grids.scalar_type()));
-  TORCH_CHECK(grids.dim() == 3 && grids.size(0) >= 1 && grids.size(1) >= 1 && grids.size(2) >= 1, "fastattr.", op,
+  TORCH_CHECK_VALUE(grids.dim() == 3 && grids.size(0) >= 1 && grids.size(1) >= 1 && grids.size(2) >= 1, "fastattr.", op,
               ": grids must have shape (G, gh, gw) with G, gh, gw >= 1, got shape ", grids.sizes());
   const masks::GridMode grid_mode = masks::parse_grid_mode(mode);
-  TORCH_CHECK(grid_mode != masks::GridMode::Mirror || (grids.size(1) >= 2 && grids.size(2) >= 2), "fastattr.", op,
+  TORCH_CHECK_VALUE(grid_mode != masks::GridMode::Mirror || (grids.size(1) >= 2 && grids.size(2) >= 2), "fastattr.", op,
               ": mode 'mirror' needs grids of at least 2x2 cells (it reflects index -1 to 1), got shape ",
               grids.sizes());
   check_int64(op, grid_index, "grid_index");
-  TORCH_CHECK(grid_index.dim() == 1, "fastattr.", op, ": grid_index must have shape (N,), got shape ",
+  TORCH_CHECK_VALUE(grid_index.dim() == 1, "fastattr.", op, ": grid_index must have shape (N,), got shape ",
               grid_index.sizes());
   check_int64(op, shifts, "shifts");
-  TORCH_CHECK(shifts.dim() == 2 && shifts.size(0) == grid_index.size(0) && shifts.size(1) == 2, "fastattr.", op,
+  TORCH_CHECK_VALUE(shifts.dim() == 2 && shifts.size(0) == grid_index.size(0) && shifts.size(1) == 2, "fastattr.", op,
               ": shifts must have shape (N, 2) = [", grid_index.size(0), ", 2] (N = len(grid_index)), got shape ",
               shifts.sizes());
   check_on_device(op, grids, "grids", like, like_name);  // trivially true when like is grids
   check_on_device(op, grid_index, "grid_index", like, like_name);
   check_on_device(op, shifts, "shifts", like, like_name);
-  TORCH_CHECK(up_size.size() == 2 && up_size[0] >= 1 && up_size[1] >= 1 && up_size[0] >= height &&
+  TORCH_CHECK_VALUE(up_size.size() == 2 && up_size[0] >= 1 && up_size[1] >= 1 && up_size[0] >= height &&
                   up_size[1] >= width,
               "fastattr.", op, ": up_size must be two positive ints with up_size >= size = [", height, ", ", width,
               "], got ", up_size);
@@ -358,13 +358,13 @@ inline RiseArgs check_rise_args(const char* op, const at::Tensor& grids, const a
 }
 
 inline void check_rise_size(at::IntArrayRef size) {
-  TORCH_CHECK(size.size() == 2 && size[0] >= 0 && size[1] >= 0,
+  TORCH_CHECK_VALUE(size.size() == 2 && size[0] >= 0 && size[1] >= 0,
               "fastattr.rise_masks: size must be two non-negative ints (H, W), got ", size);
 }
 
 inline void check_rise_masked_batch_input(const at::Tensor& input, const at::Tensor& baseline) {
   check_batch_operands("rise_masked_batch", input, baseline);
-  TORCH_CHECK(input.dim() == 4, "fastattr.rise_masked_batch: input must be 4-D (S, C, H, W), got a ", input.dim(),
+  TORCH_CHECK_VALUE(input.dim() == 4, "fastattr.rise_masked_batch: input must be 4-D (S, C, H, W), got a ", input.dim(),
               "-D tensor of shape ", input.sizes());
 }
 
@@ -379,14 +379,14 @@ inline void check_segment_masked_batch_args(const at::Tensor& input, const at::T
   const bool same_rows = segments.dim() == input.dim() &&
                          segments.sizes().slice(1) == input.sizes().slice(1) &&
                          (segments.size(0) == 1 || segments.size(0) == input.size(0));
-  TORCH_CHECK(same_rows, "fastattr.segment_masked_batch: segments must have shape ", at::IntArrayRef(shared),
+  TORCH_CHECK_VALUE(same_rows, "fastattr.segment_masked_batch: segments must have shape ", at::IntArrayRef(shared),
               " or ", input.sizes(), " (one map shared by all samples, or one per sample), got ",
               segments.sizes());
-  TORCH_CHECK(at::isFloatingType(keep.scalar_type()),
+  TORCH_CHECK_TYPE(at::isFloatingType(keep.scalar_type()),
               "fastattr.segment_masked_batch: keep must be a floating-point tensor, got ",
               dtype_name(keep.scalar_type()));
   check_on_device(op, keep, "keep", input, "input");
-  TORCH_CHECK(keep.dim() == 2 && keep.size(0) >= 1 && keep.size(1) >= 1,
+  TORCH_CHECK_VALUE(keep.dim() == 2 && keep.size(0) >= 1 && keep.size(1) >= 1,
               "fastattr.segment_masked_batch: keep must have shape (K, J) with K >= 1 masks and J >= 1 segments, "
               "got shape ", keep.sizes());
 }
@@ -397,10 +397,10 @@ inline std::vector<int64_t> check_window_args(const at::Tensor& input, const at:
                                               int64_t count) {
   check_batch_operands("window_masked_batch", input, baseline);
   const int64_t dims = input.dim() - 1;
-  TORCH_CHECK(dims >= 1 && dims <= 3,
+  TORCH_CHECK_VALUE(dims >= 1 && dims <= 3,
               "fastattr.window_masked_batch: input must have 1 to 3 dimensions per sample (a 2-D to 4-D tensor), "
               "got a ", input.dim(), "-D tensor");
-  TORCH_CHECK(static_cast<int64_t>(window.size()) == dims && static_cast<int64_t>(strides.size()) == dims,
+  TORCH_CHECK_VALUE(static_cast<int64_t>(window.size()) == dims && static_cast<int64_t>(strides.size()) == dims,
               "fastattr.window_masked_batch: window and strides must have one entry per sample dimension (", dims,
               "), got window ", window, " and strides ", strides);
   const auto sample = input.sizes().slice(1);
@@ -409,16 +409,16 @@ inline std::vector<int64_t> check_window_args(const at::Tensor& input, const at:
     fits = fits && window[d] >= 1 && window[d] <= sample[d];
     positive = positive && strides[d] >= 1;
   }
-  TORCH_CHECK(fits, "fastattr.window_masked_batch: window must lie in [1, size] per dimension for samples of shape ",
+  TORCH_CHECK_VALUE(fits, "fastattr.window_masked_batch: window must lie in [1, size] per dimension for samples of shape ",
               sample, ", got ", window);
-  TORCH_CHECK(positive, "fastattr.window_masked_batch: strides must be positive, got ", strides);
+  TORCH_CHECK_VALUE(positive, "fastattr.window_masked_batch: strides must be positive, got ", strides);
   std::vector<int64_t> counts(dims);
   int64_t total = 1;
   for (int64_t d = 0; d < dims; ++d) {
     counts[d] = (sample[d] - window[d] + strides[d] - 1) / strides[d] + 1;  // ceil((F - w) / s) + 1
     total *= counts[d];
   }
-  TORCH_CHECK(start >= 0 && count >= 1 && start + count <= total,
+  TORCH_CHECK_VALUE(start >= 0 && count >= 1 && start + count <= total,
               "fastattr.window_masked_batch: start and count must select windows in [0, ", total,
               ") (start >= 0, count >= 1, start + count <= ", total, "), got start=", start, " count=", count);
   return counts;
@@ -431,9 +431,9 @@ inline void check_block_patch_args(const at::Tensor& self, const at::Tensor& ban
                                    const at::Tensor& blocks) {
   constexpr const char* op = "block_patch_batch";
   check_floating(self, "input");
-  TORCH_CHECK(self.dim() == 4, "fastattr.block_patch_batch: input must be 4-D (S, C, H, W), got a ", self.dim(),
+  TORCH_CHECK_VALUE(self.dim() == 4, "fastattr.block_patch_batch: input must be 4-D (S, C, H, W), got a ", self.dim(),
               "-D tensor of shape ", self.sizes());
-  TORCH_CHECK(bank.dim() == 4 && bank.size(0) >= 1 && bank.size(1) == self.size(1) && bank.size(2) >= 1 &&
+  TORCH_CHECK_VALUE(bank.dim() == 4 && bank.size(0) >= 1 && bank.size(1) == self.size(1) && bank.size(2) >= 1 &&
                   bank.size(3) >= 1 && bank.size(2) <= self.size(2) && bank.size(3) <= self.size(3),
               "fastattr.block_patch_batch: bank must have shape (P, C, bh, bw) with P >= 1, C = ", self.size(1),
               " (the input's channels) and 1 <= bh <= ", self.size(2), ", 1 <= bw <= ", self.size(3),
@@ -441,11 +441,11 @@ inline void check_block_patch_args(const at::Tensor& self, const at::Tensor& ban
   check_same_dtype(self, "input", bank, "bank");
   check_on_device(op, bank, "bank", self, "input");
   check_int64(op, patch_index, "patch_index");
-  TORCH_CHECK(patch_index.dim() == 1, "fastattr.block_patch_batch: patch_index must have shape (N,), got shape ",
+  TORCH_CHECK_VALUE(patch_index.dim() == 1, "fastattr.block_patch_batch: patch_index must have shape (N,), got shape ",
               patch_index.sizes());
   check_on_device(op, patch_index, "patch_index", self, "input");
   check_int64(op, blocks, "blocks");
-  TORCH_CHECK(blocks.dim() == 2 && blocks.size(0) == patch_index.size(0) && blocks.size(1) == 2,
+  TORCH_CHECK_VALUE(blocks.dim() == 2 && blocks.size(0) == patch_index.size(0) && blocks.size(1) == 2,
               "fastattr.block_patch_batch: blocks must have shape (N, 2) = [", patch_index.size(0),
               ", 2] (N = len(patch_index)), got shape ", blocks.sizes());
   check_on_device(op, blocks, "blocks", self, "input");

@@ -45,19 +45,19 @@ inline void check_rank_masked_batch_args(const at::Tensor& input, const at::Tens
                                          const at::Tensor& ranks, int64_t step, int64_t start, int64_t count) {
   constexpr const char* op = "rank_masked_batch";
   check_batch_operands(op, input, baseline);
-  TORCH_CHECK(input.dim() == 4, "fastattr.rank_masked_batch: input must be 4-D (S, C, H, W), got a ", input.dim(),
+  TORCH_CHECK_VALUE(input.dim() == 4, "fastattr.rank_masked_batch: input must be 4-D (S, C, H, W), got a ", input.dim(),
               "-D tensor of shape ", input.sizes());
   check_int64(op, ranks, "ranks");
   check_on_device(op, ranks, "ranks", input, "input");
   const bool shape_ok = ranks.dim() == 3 && (ranks.size(0) == 1 || ranks.size(0) == input.size(0)) &&
                         ranks.size(1) == input.size(2) && ranks.size(2) == input.size(3);
-  TORCH_CHECK(shape_ok, "fastattr.rank_masked_batch: ranks must have shape [1, ", input.size(2), ", ",
+  TORCH_CHECK_VALUE(shape_ok, "fastattr.rank_masked_batch: ranks must have shape [1, ", input.size(2), ", ",
               input.size(3), "] or [", input.size(0), ", ", input.size(2), ", ", input.size(3),
               "] (one rank map shared by all samples, or one per sample), got ", ranks.sizes());
-  TORCH_CHECK(step >= 1, "fastattr.rank_masked_batch: step must be at least 1, got ", step);
-  TORCH_CHECK(start >= 0 && count >= 1, "fastattr.rank_masked_batch: start must be >= 0 and count >= 1, got start=",
+  TORCH_CHECK_VALUE(step >= 1, "fastattr.rank_masked_batch: step must be at least 1, got ", step);
+  TORCH_CHECK_VALUE(start >= 0 && count >= 1, "fastattr.rank_masked_batch: start must be >= 0 and count >= 1, got start=",
               start, " count=", count);
-  TORCH_CHECK(start + count - 1 <= std::numeric_limits<int64_t>::max() / step,
+  TORCH_CHECK_VALUE(start + count - 1 <= std::numeric_limits<int64_t>::max() / step,
               "fastattr.rank_masked_batch: (start + count - 1) * step overflows int64 (start=", start,
               ", count=", count, ", step=", step, ")");
 }

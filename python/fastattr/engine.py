@@ -244,7 +244,17 @@ def check_model(model, inputs: Tensor) -> None:
         raise TypeError(f"fastattr: model must be callable (an nn.Module or a function of a batch), "
                         f"got {type(model).__name__}")
     module = _module(model)
-    if module is None or not module.training:
+    if module is None:
+        return
+    p = _first_tensor(module)
+    if p is not None and p.device.type == "meta" and inputs.device.type != "meta":
+        # Some ATen kernels accept meta weights with real inputs and return
+        # uninitialised memory: refuse before any forward pass.
+        raise ValueError(
+            f"fastattr: model and inputs are on different devices: the model's parameters are on meta (never "
+            f"materialised: load its weights, e.g. model.to_empty(device='{inputs.device}') then load_state_dict), "
+            f"inputs on {inputs.device}")
+    if not module.training:
         return
     for name, m in module.named_modules():
         if m.training and isinstance(m, _TRAINING_SENSITIVE):
@@ -318,6 +328,11 @@ def model_output(model, batch: Tensor) -> Tensor:
             f"fastattr: model must return one tensor of scores, got {got}; select the output to explain by "
             f"wrapping the model, e.g. {how}"
         )
+    if out.device != batch.device:
+        raise ValueError(
+            f"fastattr: model and inputs are on different devices: the model returned its output on {out.device} "
+            f"for inputs on {batch.device}; move the model (model.to('{batch.device}')) or the inputs, or wrap a model "
+            f"that moves its output, e.g. lambda x: model(x).to(x.device)")
     if out.dim() == 0 or out.shape[0] != batch.shape[0]:
         msg = (f"fastattr: the model returned shape {tuple(out.shape)} for {batch.shape[0]} input rows of shape "
                f"{tuple(batch.shape[1:])}; the first dimension of its output must be the batch")

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from . import _ops as ops
 from . import engine
+from .methods._common import non_finite_error
 from .methods.perturbation import _check_images, _mask_scores, with_activation
 from .targets import Target, resolve
 
@@ -148,7 +149,7 @@ def make_substrate(kind, inputs: Tensor, center=None) -> Tensor:
         raise ValueError(f"fastattr.metrics: substrate of shape {tuple(kind.shape)} does not broadcast to inputs of "
                          f"shape {tuple(x.shape)}") from None
     if not bool(torch.isfinite(out).all()):
-        raise ValueError("fastattr.metrics: substrate contains NaN or infinite values")
+        raise non_finite_error(kind, "substrate", "fastattr.metrics")
     return out.to(x.dtype).contiguous()
 
 
@@ -180,7 +181,7 @@ def _check_saliency(saliency, x: Tensor) -> Tensor:
     if sal.device != x.device:
         raise ValueError(f"fastattr.metrics: saliency must be on {x.device} like inputs, got {sal.device}")
     if sal.dtype.is_floating_point and not bool(torch.isfinite(sal).all()):
-        raise ValueError("fastattr.metrics: saliency contains NaN or infinite values")
+        raise non_finite_error(sal, "saliency", "fastattr.metrics")
     return sal
 
 
@@ -301,10 +302,12 @@ def _maps(saliency, name: str) -> Tensor:
         raise TypeError(f"fastattr.metrics.{name}: saliency must be a tensor, got {type(saliency).__name__}")
     sal = saliency[:, 0] if saliency.dim() == 4 and saliency.shape[1] == 1 else saliency
     if sal.dim() != 3 or sal.shape[0] == 0:
-        raise ValueError(f"fastattr.metrics.{name}: saliency must have shape (B, H, W) or (B, 1, H, W), got "
-                         f"{tuple(saliency.shape)}")
-    if not sal.dtype.is_floating_point or not bool(torch.isfinite(sal).all()):
-        raise ValueError(f"fastattr.metrics.{name}: saliency must be finite floating-point maps")
+        raise ValueError(f"fastattr.metrics.{name}: saliency must have shape (B, H, W) or (B, 1, H, W) with B >= 1, "
+                         f"got {tuple(saliency.shape)}")
+    if not sal.dtype.is_floating_point:
+        raise TypeError(f"fastattr.metrics.{name}: saliency must be finite floating-point maps, got {sal.dtype}")
+    if not bool(torch.isfinite(sal).all()):
+        raise non_finite_error(sal, "saliency", f"fastattr.metrics.{name}")
     return sal
 
 

@@ -84,7 +84,18 @@ def guided_max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilati
     nan = inside & vals.isnan()
     last_nan = nan.shape[-1] - 1 - nan.flip(-1).to(torch.uint8).argmax(-1, keepdim=True)
     choice = torch.where(nan.any(-1, keepdim=True), last_nan, first_max)
-    return vals.gather(-1, choice).squeeze(-1), pos.gather(-1, choice).squeeze(-1)
+    values, index = vals.gather(-1, choice).squeeze(-1), pos.gather(-1, choice).squeeze(-1)
+    # A window lying wholly in the padding (possible with dilation) holds no
+    # element: ATen gives -inf and the index of its first tap stepped forward
+    # by the dilation until it is >= 0 (ATen's rule, which may point outside
+    # the window).
+    def first_tap(n_out, s, p, d):
+        start = torch.arange(n_out, device=input.device) * s - p
+        return torch.where(start < 0, start + (-start + d - 1) // d * d, start)
+
+    empty = ~inside.any(-1)
+    aten = first_tap(oh, sh, ph, dh)[:, None] * w + first_tap(ow, sw, pw, dw)[None, :]
+    return values, torch.where(empty, aten.expand_as(index), index)
 
 
 def guided_max_pool2d_backward(grad_output: Tensor, indices: Tensor, input_size: Sequence[int],
@@ -100,7 +111,9 @@ def guided_max_pool2d_backward(grad_output: Tensor, indices: Tensor, input_size:
         raise ValueError(f"mode must be 'reference' or 'window', got {mode!r}")
     acc_dtype = torch.float32 if grad_output.dtype in (torch.float16, torch.bfloat16) else grad_output.dtype
     routed = torch.zeros(n, c, h * w, dtype=acc_dtype, device=grad_output.device)
-    routed.scatter_add_(2, flat_i, flat_g.to(acc_dtype))
+    # An index outside the plane (a window wholly in the padding) routes nothing.
+    outside = (flat_i < 0) | (flat_i >= h * w)
+    routed.scatter_add_(2, flat_i.clamp(0, h * w - 1), torch.where(outside, 0, flat_g).to(acc_dtype))
     routed = routed.view(n, c, h, w)
     if mode == "reference":
         mask = F.interpolate((grad_output > 0).to(acc_dtype), size=(h, w), mode="nearest")

@@ -31,6 +31,16 @@ def _all_finite(t: Tensor) -> bool:
     return _DERIVED.get() or bool(torch.isfinite(t).all())
 
 
+def non_finite_error(t: Tensor, name: str, where: str = "fastattr") -> ValueError:
+    """The error for a tensor holding NaN or Inf: how many, and where the first
+    is (only computed on the error path)."""
+    bad = ~torch.isfinite(t)
+    first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+    return ValueError(
+        f"{where}: {name} contains NaN or infinite values: expected finite values, got {int(bad.sum())} non-finite "
+        f"of {t.numel()} (e.g. {t[first].item()} at index {first})")
+
+
 def check_inputs(inputs, name: str = "inputs") -> Tensor:
     if not isinstance(inputs, Tensor):
         raise TypeError(f"fastattr: {name} must be a torch.Tensor, got {type(inputs).__name__}")
@@ -39,7 +49,7 @@ def check_inputs(inputs, name: str = "inputs") -> Tensor:
     if inputs.dim() < 1 or inputs.shape[0] == 0:
         raise ValueError(f"fastattr: {name} must have a non-empty batch dimension, got shape {tuple(inputs.shape)}")
     if not _all_finite(inputs):
-        raise ValueError(f"fastattr: {name} contains NaN or infinite values")
+        raise non_finite_error(inputs, name)
     return inputs
 
 
@@ -59,7 +69,8 @@ def check_baselines(baselines, inputs: Tensor, name: str = "baselines") -> Tenso
         return torch.zeros_like(inputs, memory_format=fmt)
     if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
         if not math.isfinite(baselines):
-            raise ValueError(f"fastattr: {name} contains NaN or infinite values")
+            raise ValueError(f"fastattr: {name} contains NaN or infinite values: expected a finite number, got "
+                             f"{baselines}")
         return torch.full_like(inputs, float(baselines), memory_format=fmt)
     if not isinstance(baselines, Tensor):
         raise TypeError(f"fastattr: {name} must be None, a number or a tensor, got {type(baselines).__name__}")
@@ -71,6 +82,9 @@ def check_baselines(baselines, inputs: Tensor, name: str = "baselines") -> Tenso
         raise ValueError(
             f"fastattr: {name} of shape {tuple(baselines.shape)} does not broadcast to inputs of shape {tuple(inputs.shape)}"
         ) from None
+    if baselines.dtype.is_complex or baselines.dtype == torch.bool:
+        raise TypeError(f"fastattr: {name} must hold real numbers (any real dtype; converted to the inputs' "
+                        f"{inputs.dtype}), got {baselines.dtype}")
     if not _all_finite(out):
-        raise ValueError(f"fastattr: {name} contains NaN or infinite values")
+        raise non_finite_error(baselines, name)
     return out.to(inputs.dtype).contiguous(memory_format=fmt)

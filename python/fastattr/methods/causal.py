@@ -40,6 +40,7 @@ from torch import Tensor
 from .. import _ops as ops
 from .. import engine
 from ..targets import ResolvedTarget
+from ._common import non_finite_error
 from .perturbation import _check_generator, _check_images, _check_int
 
 OUTCOMES = ops.OUTCOMES
@@ -73,6 +74,9 @@ def _pair(value, name: str) -> tuple[int, int]:
 def _check_block(block, size) -> tuple[int, int]:
     bh, bw = _pair(block, "block")
     h, w = size
+    if bh > h or bw > w:
+        raise ValueError(f"fastattr: block {bh}x{bw} is larger than the {h}x{w} image; expected a block that "
+                         f"divides the image (H % block and W % block must be 0)")
     if h % bh or w % bw:
         raise ValueError(f"fastattr: block {bh}x{bw} does not divide the image grid {h}x{w} "
                          f"(H % block and W % block must be 0)")
@@ -136,7 +140,8 @@ def _ground_truth(ground_truth, n_images: int, out_shape, target_class, device) 
         g = g[None]
     if g.dim() == 3:
         g = g[:, None]
-    expected = f"(B, H, W), (B, 1, H, W) or (B, {k}, H, W) with B = {n_images} and (H, W) = {size}"
+    shapes = "(B, H, W) or (B, 1, H, W)" if k == 1 else f"(B, H, W), (B, 1, H, W) or (B, {k}, H, W)"
+    expected = f"{shapes} with B = {n_images} and (H, W) = {size}"
     if g.dim() != 4 or tuple(g.shape[2:]) != size or g.shape[0] not in (1, n_images):
         raise ValueError(f"fastattr: ground_truth must have shape {expected} (the model output's), "
                          f"got {tuple(ground_truth.shape)}")
@@ -157,6 +162,31 @@ def _ground_truth(ground_truth, n_images: int, out_shape, target_class, device) 
     return g.expand(n_images, *g.shape[1:])
 
 
+def _check_target_class(target_class, k: int):
+    """None, or an int (a 0-d integer tensor too, e.g. logits.argmax(1)[0]) in [0, k)."""
+    if isinstance(target_class, Tensor) and target_class.dim() == 0 and not target_class.dtype.is_floating_point \
+            and not target_class.dtype.is_complex and target_class.dtype != torch.bool:
+        target_class = int(target_class)
+    if target_class is not None and (isinstance(target_class, bool) or not isinstance(target_class, int)
+                                     or not 0 <= target_class < k):
+        raise ValueError(f"fastattr: target_class must be None or an int in [0, {k}) for a model output with {k} "
+                         f"channel(s), got {target_class!r}")
+    return target_class
+
+
+def _check_factual(outputs: list[Tensor]) -> None:
+    """The factual outputs (one per image) must be finite: a NaN compares false
+    with the threshold, so a Dice outcome would be silently wrong. Only the
+    factual pass is scanned (one host sync per call)."""
+    for i, out in enumerate(outputs):
+        if not bool(torch.isfinite(out).all()):
+            bad = ~torch.isfinite(out)
+            raise ValueError(f"fastattr: the model output of image {i} contains NaN or infinite values (expected "
+                             f"finite scores, got {int(bad.sum())} non-finite of {out.numel()}, e.g. "
+                             f"{out[bad][0].item()}); outcomes of such maps are meaningless. Check the model and "
+                             f"inputs")
+
+
 def _check_bank(bank, channels: int, block, dtype, device) -> Tensor:
     if not isinstance(bank, Tensor):
         raise TypeError(f"fastattr: patch_bank must be a tensor (K, C, bh, bw) for mode='patches' (see "
@@ -166,6 +196,8 @@ def _check_bank(bank, channels: int, block, dtype, device) -> Tensor:
                          f"with K >= 1, got shape {tuple(bank.shape)}")
     if not bank.dtype.is_floating_point:
         raise TypeError(f"fastattr: patch_bank must be floating-point, got {bank.dtype}")
+    if not bool(torch.isfinite(bank).all()):
+        raise non_finite_error(bank, "patch_bank")
     return bank.detach().to(device=device, dtype=dtype).contiguous()
 
 
@@ -395,16 +427,11 @@ def causal_ate(model, inputs: Tensor, ground_truth: Tensor, roi, block=8, patch_
     with torch.no_grad():  # the factual pass of each image (its outcome is the base)
         factual = [engine.model_output(model, x[i:i + 1]) for i in range(b)]
     first = factual[0]
+    _check_factual(factual)
     if first.dim() != 4 or tuple(first.shape[2:]) != (h, w):
         raise ValueError(f"fastattr: causal_ate needs a segmentation model whose output (N, K, H, W) matches the "
                          f"input's {h}x{w}; got {tuple(first.shape)}")
-    k = first.shape[1]
-    if isinstance(target_class, Tensor) and target_class.dim() == 0 and not target_class.dtype.is_floating_point \
-            and not target_class.dtype.is_complex and target_class.dtype != torch.bool:
-        target_class = int(target_class)  # a 0-d integer tensor, e.g. logits.argmax(1)[0]
-    if target_class is not None and (isinstance(target_class, bool) or not isinstance(target_class, int)
-                                     or not 0 <= target_class < k):
-        raise ValueError(f"fastattr: target_class must be None or an int in [0, {k}), got {target_class!r}")
+    target_class = _check_target_class(target_class, first.shape[1])
     gt = _ground_truth(ground_truth, b, first.shape, target_class, x.device)
     per_image = _indices_per_image(indices, b, visited, n0, n1, bank.shape[0]) if indices is not None else None
     act = "none" if activation is None else activation
@@ -509,6 +536,10 @@ def component_ate(model, inputs: Tensor, ground_truth: Tensor, roi, layers: Sequ
         raise ValueError(f"fastattr: intervention must be one of {INTERVENTIONS}, got {intervention!r}")
     if outcome not in OUTCOMES:
         raise ValueError(f"fastattr: outcome must be one of {OUTCOMES}, got {outcome!r}")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"fastattr: component_ate needs an nn.Module (it hooks the layers named in layers), got "
+                        f"{type(model).__name__}; select a dict or tuple output inside a module, e.g. a module "
+                        f"whose forward returns model(x)['out']")
     if isinstance(layers, str) or not layers:
         raise ValueError(f"fastattr: layers must be a non-empty list of module names, got {layers!r}")
     named = dict(model.named_modules())
@@ -541,10 +572,12 @@ def component_ate(model, inputs: Tensor, ground_truth: Tensor, roi, layers: Sequ
         keep[torch.arange(out.shape[0], device=out.device), comp] = 0
         return out * keep + value * (1 - keep)
 
+    engine.check_model(model, x)
     handles = [named[name].register_forward_hook(hook) for name in layers]
     try:
         with torch.no_grad():
             factual_out = [engine.model_output(model, x[i:i + 1]) for i in range(b)]
+            _check_factual(factual_out)
             refs = None
             if intervention == "resample":
                 refs = {}
@@ -562,6 +595,10 @@ def component_ate(model, inputs: Tensor, ground_truth: Tensor, roi, layers: Sequ
                     for e in extra:
                         e.remove()
                 refs = grab
+        if factual_out[0].dim() != 4 or tuple(factual_out[0].shape[2:]) != (h, w):
+            raise ValueError(f"fastattr: component_ate needs a segmentation model whose output (N, K, H, W) matches "
+                             f"the input's {h}x{w}; got {tuple(factual_out[0].shape)}")
+        target_class = _check_target_class(target_class, factual_out[0].shape[1])
         gt = _ground_truth(ground_truth, b, factual_out[0].shape, target_class, x.device)
         effects = {name: [] for name in layers}
         bases = []

@@ -65,7 +65,9 @@ def _check_generator(generator) -> None:
 def _check_images(inputs, name: str = "inputs") -> Tensor:
     x = check_inputs(inputs, name).detach()
     if x.dim() != 4:
-        raise ValueError(f"fastattr: {name} must be images (B, C, H, W), got shape {tuple(x.shape)}")
+        hint = f"; for a single image pass {name}.unsqueeze(0)" if x.dim() == 3 else ""
+        raise ValueError(f"fastattr: {name} must be images (B, C, H, W), got shape {tuple(x.shape)} "
+                         f"({x.dim()}-D){hint}")
     return x
 
 
@@ -86,11 +88,19 @@ def with_activation(model, activation):
             raise ValueError("fastattr: activation='softmax' over a model output with one channel is constant (1), "
                              "which would make every score equal; use activation='sigmoid' (or 'auto') or None")
         if activation == "sigmoid" or channels == 1:
-            return torch.sigmoid(out)
+            return _sigmoid(out)
         return torch.softmax(out, dim=1)
 
     activated.__wrapped__ = model  # the engine's model checks look through the wrapper
     return activated
+
+
+def _sigmoid(z: Tensor) -> Tensor:
+    """``sigmoid(z)`` whose rounding does not depend on where an element sits in
+    the tensor: ATen's CPU sigmoid takes a vectorised exp for most elements and
+    a scalar one for the tail, so a score would change with the batch size.
+    ``softmax([z, 0])[0] = 1 / (1 + exp(-z))`` runs the same code on every pair."""
+    return torch.stack([z, torch.zeros_like(z)], -1).softmax(-1)[..., 0]
 
 
 def _mask_scores(model, n_images: int, target, n_masks: int, batch_size: int, build) -> Tensor:
@@ -479,11 +489,16 @@ def _occlusion(model, inputs: Tensor, target: Target = None, sliding_window_shap
     if sliding_window_shapes is None:
         raise ValueError("fastattr: occlusion needs sliding_window_shapes (one size per input dim after the batch)")
     shape = tuple(x.shape[1:])
+    if not isinstance(sliding_window_shapes, int) and len(sliding_window_shapes) == dims + 1:
+        raise ValueError(f"fastattr: sliding_window_shapes {tuple(sliding_window_shapes)} has one entry more than "
+                         f"the per-sample shape {shape} of inputs {tuple(x.shape)}: inputs must have a batch "
+                         f"dimension (for a single sample pass inputs.unsqueeze(0))")
     window = _as_tuple(sliding_window_shapes, "sliding_window_shapes", dims)
     strides = _as_tuple(1 if strides is None else strides, "strides", dims)
     for w, s, f in zip(window, strides, shape):
         if not 1 <= w <= f:
-            raise ValueError(f"fastattr: sliding_window_shapes {window} must lie within the input's {shape}")
+            raise ValueError(f"fastattr: sliding_window_shapes must be between 1 and the per-sample input shape "
+                             f"{shape} in every dim, got {window}")
         if s < 1 or (s > w and w < f):
             raise ValueError(f"fastattr: strides {strides} must be >= 1 and at most the window {window} "
                              "(in dims where the window is smaller than the input)")
@@ -604,6 +619,9 @@ def _named_feature_mask(spec: str, x: Tensor) -> Tensor:
     if x.dim() != 4:
         raise ValueError(f"fastattr: feature_mask={spec!r} needs images (B, C, H, W), got shape {tuple(x.shape)}")
     b, c, h, w = x.shape
+    if kind == "grid" and k > max(h, w):
+        raise ValueError(f"fastattr: feature_mask={spec!r}: a grid cell of {k}x{k} pixels is larger than the {h}x{w} "
+                         f"image (one feature would cover it all); expected K <= {max(h, w)}")
     if kind == "grid":
         cols = -(-w // k)
         cells = (torch.arange(h, device=x.device) // k)[:, None] * cols + (torch.arange(w, device=x.device) // k)[None]

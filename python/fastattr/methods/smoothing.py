@@ -18,7 +18,9 @@ Memory. ``batch_size`` bounds the number of noisy inputs given to the base
 method at once (and is passed on to it, so that path methods such as IG also
 evaluate at most ``batch_size`` rows per forward pass). Chunks hold either
 whole examples (all their copies) or several copies of one example, so the
-per-example sums are plain reductions (deterministic on every device).
+per-example sums are a left fold over the copies in their order (``ig_accumulate_``
+with unit weights), so the result does not depend on ``batch_size``: with a
+seeded generator and a batch-invariant model it is bit-identical for any chunking.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ import torch
 from torch import Tensor
 
 from .. import engine
+from .. import _ops as ops
 from ..targets import resolve
-from ._common import Target, check_baselines, check_inputs, derived_inputs
+from ._common import Target, check_baselines, check_inputs, derived_inputs, memory_format
 from .gradients import input_gradients
 
 KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -116,6 +119,16 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 def _rows(t: Tensor, b0: int, b1: int, reps: int) -> Tensor:
     """Per-example tensor rows b0..b1, each repeated ``reps`` times (sample-major)."""
     return t[b0:b1].repeat_interleave(reps, dim=0)
+
+
+def _fold(total: Tensor, per_copy: Tensor) -> None:
+    """``total[b] += per_copy[b, 0] + per_copy[b, 1] + ...`` added one copy at a
+    time, in copy order: the rounding is the same however the copies are cut
+    into chunks (a ``.sum(dim=1)`` per chunk would depend on the cut).
+    ``per_copy``: (b, reps, ...) sample-major; ``total``: (b, ...), dense."""
+    b, reps = per_copy.shape[:2]
+    step_major = per_copy.transpose(0, 1).reshape((reps * b,) + tuple(per_copy.shape[2:]))
+    ops.ig_accumulate_(total, step_major, torch.ones(reps, dtype=torch.float64, device=total.device))
 
 
 def _grid(t: Tensor, batch: int, n: int, b0: int, b1: int, s0: int, s1: int) -> Tensor:
@@ -253,11 +266,11 @@ def smooth_grad(
             attr = out.detach().reshape((b1 - b0, reps) + tuple(inputs.shape[1:]))
             attr = attr.to(_accumulation_dtype(attr.dtype))
             if total is None:
-                total = torch.zeros_like(inputs, dtype=attr.dtype)
+                total = torch.zeros_like(inputs, dtype=attr.dtype, memory_format=memory_format(inputs))
                 total_sq = torch.zeros_like(total) if kind != "smoothgrad" else None
-            total[b0:b1] += attr.sum(dim=1)
+            _fold(total[b0:b1], attr)
             if total_sq is not None:
-                total_sq[b0:b1] += (attr * attr).sum(dim=1)
+                _fold(total_sq[b0:b1], attr * attr)
             if delta is not None:
                 if deltas is None:
                     deltas = torch.zeros((batch, n), dtype=delta.dtype, device=delta.device)
@@ -329,7 +342,7 @@ def smooth_taylor(
     else:
         sigma = inputs.new_full((batch,), scale)
 
-    total = torch.zeros_like(inputs, dtype=_accumulation_dtype(inputs.dtype))
+    total = torch.zeros_like(inputs, dtype=_accumulation_dtype(inputs.dtype), memory_format=memory_format(inputs))
     for tile in engine.plan(batch, n, rows, inner="points"):
         # engine samples are the examples b, its points their noisy copies s
         b0, b1, s0, s1 = tile.s0, tile.s1, tile.k0, tile.k1
@@ -342,5 +355,5 @@ def smooth_taylor(
                                     target=target_rows, batch_size=rows)
         with torch.no_grad():
             term = (x - roots) * grads.detach()
-            total[b0:b1] += term.view((b1 - b0, reps) + tuple(inputs.shape[1:])).to(total.dtype).sum(dim=1)
+            _fold(total[b0:b1], term.reshape((b1 - b0, reps) + tuple(inputs.shape[1:])).to(total.dtype))
     return (total / n).to(inputs.dtype)
