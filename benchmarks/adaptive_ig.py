@@ -43,6 +43,7 @@ import torch
 
 import fastattr
 from fastattr import data, engine, models
+from fastattr.methods.integrated_gradients import AdaptiveResult, adaptive_integrated_gradients
 from fastattr.targets import resolve
 
 FIXED_RULES = ("gausslegendre", "riemann_middle", "riemann_trapezoid")
@@ -149,8 +150,9 @@ class Bench:
         out = fn(self.model, x, t, batch_size=self.bs, **kw)
         wall = time.perf_counter() - t0
         info = None
-        if isinstance(out, tuple):
-            out, info = out[0], out[1:]
+        if isinstance(out, AdaptiveResult):
+            info = {"evals": out.evals, "converged": out.converged}
+            out = out.attributions
         entry = {"attr": out.detach(), "fb": self.model.fb, "f": self.model.f, "wall": wall, "info": info}
         self.cache[key] = entry
         self.save()
@@ -172,8 +174,8 @@ def fixed_gnl(method, n):
 
 def adaptive(max_evals, tolerance, gnl=False):
     def fn(model, x, t, batch_size):
-        f = fastattr.gnl_integrated_gradients if gnl else fastattr.integrated_gradients
-        return f(model, x, t, method="adaptive", max_evals=max_evals, tolerance=tolerance, batch_size=batch_size)
+        return adaptive_integrated_gradients(model, x, t, max_evals=max_evals, tolerance=tolerance,
+                                             batch_size=batch_size, gnl=gnl)
     return fn
 
 
@@ -225,7 +227,7 @@ def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int):
         print("|---|---|---|---|---|---|---|---|---|")
         for key in [k for k in per_image if k[0] == "adaptive" and k[2] == 17]:
             d, l2, ov, e = per_image[key]
-            ev = e["info"][-1].evals.double() if e["info"] else torch.full((n_img,), 17.0)
+            ev = e["info"]["evals"].double()
             for name, mine, theirs in (("delta", d, gl[0]), ("L2", l2, gl[1])):
                 wins = int((mine < theirs).sum())
                 losses = int((mine > theirs).sum())

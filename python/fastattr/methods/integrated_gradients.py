@@ -163,6 +163,29 @@ def _trapezoid(alphas: Tensor, n_valid: Tensor) -> Tensor:
     return torch.where(valid, w, torch.zeros_like(w))
 
 
+def _split(a: Tensor, size: Tensor, k: int) -> Tensor:
+    """``k`` new nodes per image (rows of ``a``, sorted nodes; ``size``, the
+    segments' |r|): greedily, ``k`` times, one more cut into the segment whose
+    |r| per part is largest (a segment cut into m equal parts is expected to
+    keep |r| / m: a kink stays in one part of 1/m the width). Usually that
+    bisects the k segments of largest |r|; when fewer segments bend, a bending
+    segment is cut into 3 or more parts rather than spending nodes on segments
+    whose residual is zero. Ties go to the lower alpha. Returns (images, k)."""
+    parts = torch.ones_like(size)
+    picks = []
+    for _ in range(k):
+        j = (size / parts).argmax(dim=1, keepdim=True)  # argmax: the first of equal values
+        picks.append(j)
+        parts.scatter_add_(1, j, torch.ones_like(j, dtype=parts.dtype))
+    picks = torch.cat(picks, dim=1)  # (images, k)
+    # The i-th pick of a segment cut into m parts is its i-th interior node.
+    same = picks[:, :, None] == picks[:, None, :]
+    rank = torch.tril(same, diagonal=-1).sum(2) + 1
+    left, right = a.gather(1, picks), a.gather(1, picks + 1)
+    m = parts.gather(1, picks)
+    return left + (right - left) * rank / m
+
+
 def _adaptive(model, inputs, target, baselines, tolerance, max_evals, batch_size, return_delta,
               context: GuidedMode | None) -> AdaptiveResult:
     x = check_inputs(inputs).detach()
@@ -210,7 +233,8 @@ def _adaptive_group(model, x, xb, target, tol, budget, batch_size, context) -> A
         sub = target.subset(images)
 
         def build(tile):
-            return ops.ig_path_inputs(xi[tile.s0:tile.s1], xbi[tile.s0:tile.s1], table[tile.k0:tile.k1, tile.s0:tile.s1])
+            nodes = table[tile.k0:tile.k1, tile.s0:tile.s1].contiguous()
+            return ops.ig_path_inputs(xi[tile.s0:tile.s1], xbi[tile.s0:tile.s1], nodes)
 
         for tile, grad, s in engine.gradients(model, sub, engine.plan(len(images), k, batch_size), build, context):
             rows_img = images[tile.s0:tile.s1].repeat(tile.n_points)
@@ -221,7 +245,8 @@ def _adaptive_group(model, x, xb, target, tol, budget, batch_size, context) -> A
         # by batch_size), so the nodes chosen do not depend on batch_size.
         slots = store[images, n:n + k].flatten(2).to(torch.float64)
         g_val[images, n:n + k] = (slots * diff[images].flatten(1).to(torch.float64)[:, None]).sum(2)
-        alphas[images, n:n + k] = new.t().to(torch.float64)
+        # The nodes as evaluated (in the kernels' precision), for the weights.
+        alphas[images, n:n + k] = table.t().to(torch.float64)
         evals[images] += k
 
     all_images = torch.arange(n_img, device=dev)
@@ -256,11 +281,7 @@ def _adaptive_group(model, x, xb, target, tol, budget, batch_size, context) -> A
         active = (~converged).nonzero().flatten()  # the round's one host sync
         if active.numel() == 0:
             break
-        # The k largest |r| per image (a stable sort: ties go to the lower alpha).
-        seg = r[active].abs().sort(dim=1, descending=True, stable=True).indices[:, :k]
-        left = a[active].gather(1, seg)
-        right = a[active].gather(1, seg + 1)
-        evaluate(active, ((left + right) / 2).t(), n)
+        evaluate(active, _split(a[active], r[active].abs(), k).t(), n)
         n += k
 
     total_n = evals  # images that stopped early have fewer valid slots
@@ -301,8 +322,10 @@ def adaptive_integrated_gradients(
     On a trapezoid segment ``[a, b]`` the residual ``r = F(b) - F(a) - (b - a)(g(a) +
     g(b)) / 2`` vanishes where F is linear (inside one linear piece of a ReLU
     network), and the residuals sum to ``-delta``. The method starts from 5
-    uniform nodes (fewer if ``max_evals`` is smaller); each round it bisects,
-    per image, the 4 segments with the largest ``|r|``, until ``sum |r| <=
+    uniform nodes (fewer if ``max_evals`` is smaller); each round it adds 4
+    nodes per image, bisecting the 4 segments with the largest ``|r|`` (a
+    segment whose |r| stays the largest after one cut is cut into 3 or more
+    equal parts instead, so no node goes where F is linear), until ``sum |r| <=
     tolerance * |F(x) - F(x')|`` or ``max_evals`` nodes are spent. The result is
     ``(x - x') * sum_k w_k grad F(alpha_k)`` with the trapezoid weights of each
     image's final nodes, so ``|delta| <= sum |r|`` (up to rounding).
@@ -311,7 +334,8 @@ def adaptive_integrated_gradients(
         model, inputs, target, baselines, batch_size: as in :func:`integrated_gradients`
             (``batch_size`` bounds the rows per pass; the result does not depend on it).
         tolerance: stop an image once ``sum |r| <= tolerance * |F(x) - F(x')|``;
-            ``None`` means 0.01; 0 spends the whole budget.
+            ``None`` means 0.01; 0 spends the whole budget unless the residuals
+            vanish exactly.
         max_evals: most forward+backward evaluations (nodes) per image, >= 2. The
             method runs no forward-only pass. At ``max_evals <= 5`` the nodes are
             uniform: the textbook trapezoid rule on ``max_evals`` nodes.
