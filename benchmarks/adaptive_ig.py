@@ -48,8 +48,9 @@ from fastattr.targets import resolve
 
 FIXED_RULES = ("gausslegendre", "riemann_middle", "riemann_trapezoid")
 BUDGETS = (4, 8, 16, 32, 64)
-ADAPTIVE_BUDGETS = (6, 9, 13, 17, 25, 33, 49, 64)
-ADAPTIVE_TOLS = (0.1, 0.03, 0.01, 0.003)
+ADAPTIVE_BUDGETS = (9, 13, 17, 25, 33, 49, 64)
+ADAPTIVE_TOLS = (0.03, 0.01, 0.003)
+JUMP_BUDGETS = (17, 25, 33, 49)
 
 
 class Counting(torch.nn.Module):
@@ -172,10 +173,10 @@ def fixed_gnl(method, n):
     return fn
 
 
-def adaptive(max_evals, tolerance, gnl=False):
+def adaptive(max_evals, tolerance, gnl=False, select="residual"):
     def fn(model, x, t, batch_size):
         return adaptive_integrated_gradients(model, x, t, max_evals=max_evals, tolerance=tolerance,
-                                             batch_size=batch_size, gnl=gnl)
+                                             batch_size=batch_size, gnl=gnl, select=select)
     return fn
 
 
@@ -201,7 +202,9 @@ def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int):
         for n in ADAPTIVE_BUDGETS:
             settings.append((f"adaptive tol=0 max={n}", ("adaptive", 0.0, n), adaptive(n, 0.0)))
         for tol in ADAPTIVE_TOLS:
-            settings.append((f"adaptive tol={tol} max=17", ("adaptive", tol, 17), adaptive(17, tol)))
+            settings.append((f"adaptive tol={tol} max=64", ("adaptive", tol, 64), adaptive(64, tol)))
+        for n in JUMP_BUDGETS:
+            settings.append((f"adaptive select=jump tol=0 max={n}", ("jump", 0.0, n), adaptive(n, 0.0, select="jump")))
     rows, per_image = [], {}
     for label, key, fn in settings:
         e = b.run(key, fn)
@@ -221,17 +224,17 @@ def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int):
     print(f"reference difference / GL-50 L2 error, per image: median {q(ratio.tolist(), .5):.3g}, "
           f"max {ratio.max().item():.3g}; images with ratio <= 0.1: {(ratio <= 0.1).sum().item()}/{n_img}")
     if adaptive_ok:
-        print("\npaired per image, adaptive (max_evals=17) vs gausslegendre n=50:\n")
+        print("\npaired per image, adaptive (max_evals 17, 25, 33) vs gausslegendre n=50:\n")
         print("| adaptive setting | evals/image (mean, max) | metric | adaptive <= GL50 | sign-test p "
               "| adaptive median | GL50 median | adaptive p90 | GL50 p90 |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for key in [k for k in per_image if k[0] == "adaptive" and k[2] == 17]:
+        for key in [k for k in per_image if k[0] in ("adaptive", "jump") and k[2] in (17, 25, 33)]:
             d, l2, ov, e = per_image[key]
             ev = e["info"]["evals"].double()
             for name, mine, theirs in (("delta", d, gl[0]), ("L2", l2, gl[1])):
                 wins = int((mine < theirs).sum())
                 losses = int((mine > theirs).sum())
-                print(f"| tol={key[1]} | {ev.mean():.1f}, {ev.max():.0f} | {name} | "
+                print(f"| {key[0]} tol={key[1]} max={key[2]} | {ev.mean():.1f}, {ev.max():.0f} | {name} | "
                       f"{int((mine <= theirs).sum())}/{n_img} | {sign_test(wins, losses):.2g} | "
                       f"{q(mine.tolist(), .5):.3g} | {q(theirs.tolist(), .5):.3g} | {q(mine.tolist(), .9):.3g} | "
                       f"{q(theirs.tolist(), .9):.3g} |")

@@ -109,13 +109,14 @@ def test_piecewise_linear_toy_converges_to_exact_ig(toy):
     assert res.evals.tolist() == [200] * 4
 
 
-def test_nodes_are_spent_only_where_the_path_function_bends(toy):
+@pytest.mark.parametrize("select", ["residual", "jump"])
+def test_nodes_are_spent_only_where_the_path_function_bends(toy, select):
     """Residuals vanish inside a linear piece (up to float64 rounding), so no node
     is added inside a cell of the 5-node start grid where F is linear along the
     path (no unit's kink in it), while cells with a kink get refined."""
     model, x = toy
     xb = torch.zeros_like(x)
-    res = adaptive_integrated_gradients(model, x, 0, tolerance=0.0, max_evals=45)
+    res = adaptive_integrated_gradients(model, x, 0, tolerance=0.0, max_evals=45, select=select)
     kinks, _ = model.kinks_and_fractions(x, xb)
     kinks = kinks.detach()
     for i in range(x.shape[0]):
@@ -172,9 +173,10 @@ def test_equal_residuals_give_the_uniform_9_node_rule():
                                                                        res.alphas[i]), rtol=1e-12, atol=1e-13)
 
 
-def test_result_is_the_trapezoid_rule_on_its_reported_nodes(toy):
+@pytest.mark.parametrize("select", ["residual", "jump"])
+def test_result_is_the_trapezoid_rule_on_its_reported_nodes(toy, select):
     model, x = toy
-    res = adaptive_integrated_gradients(model, x, 0, tolerance=0.0, max_evals=23)
+    res = adaptive_integrated_gradients(model, x, 0, tolerance=0.0, max_evals=23, select=select)
     for i in range(4):
         a = res.alphas[i]
         assert len(a) == 23 and a[0] == 0 and a[-1] == 1 and bool((a[1:] > a[:-1]).all())
@@ -274,6 +276,8 @@ def test_adaptive_options_refused_with_a_fixed_rule(toy, fn):
         fn(model, x, 0, method="riemann_middle", tolerance=0.01, max_evals=9)
     with pytest.raises(TypeError, match="gnl must be a bool"):
         adaptive_integrated_gradients(model, x, 0, gnl=1)
+    with pytest.raises(ValueError, match=r"select must be one of \('residual', 'jump'\), got 'midpoint'"):
+        adaptive_integrated_gradients(model, x, 0, select="midpoint")
 
 
 def test_store_is_split_into_groups_without_changing_results(toy, monkeypatch):

@@ -91,6 +91,7 @@ _ADAPTIVE_INITIAL, _ADAPTIVE_PER_ROUND = 5, 4
 # CUDA: a quarter of the device's memory).
 _ADAPTIVE_CPU_STORE = 1 << 27
 _ADAPTIVE_DEFAULT_TOLERANCE = 0.01
+_ADAPTIVE_SELECTIONS = ("residual", "jump")
 
 
 @dataclass
@@ -187,7 +188,7 @@ def _split(a: Tensor, size: Tensor, k: int) -> Tensor:
 
 
 def _adaptive(model, inputs, target, baselines, tolerance, max_evals, batch_size, return_delta,
-              context: GuidedMode | None) -> AdaptiveResult:
+              context: GuidedMode | None, select: str = "residual") -> AdaptiveResult:
     x = check_inputs(inputs).detach()
     xb = check_baselines(baselines, x).detach()
     tol = _check_tolerance(tolerance)
@@ -202,7 +203,7 @@ def _adaptive(model, inputs, target, baselines, tolerance, max_evals, batch_size
     group = max(1, min(n_images, _store_limit(x) // per_image))
     parts = [_adaptive_group(model, x[i:i + group], xb[i:i + group],
                              resolved.subset(torch.arange(i, min(i + group, n_images), device=x.device)),
-                             tol, budget, batch_size, context)
+                             tol, budget, batch_size, context, select)
              for i in range(0, n_images, group)]
     if len(parts) == 1:
         return parts[0]
@@ -211,7 +212,7 @@ def _adaptive(model, inputs, target, baselines, tolerance, max_evals, batch_size
                           [a for p in parts for a in p.alphas], [w for p in parts for w in p.weights])
 
 
-def _adaptive_group(model, x, xb, target, tol, budget, batch_size, context) -> AdaptiveResult:
+def _adaptive_group(model, x, xb, target, tol, budget, batch_size, context, select) -> AdaptiveResult:
     """Adaptive trapezoid IG of one group of images (all on the device; one host
     sync per round: which images go on)."""
     acc = _accumulation_dtype(x.dtype)
@@ -281,7 +282,15 @@ def _adaptive_group(model, x, xb, target, tol, budget, batch_size, context) -> A
         active = (~converged).nonzero().flatten()  # the round's one host sync
         if active.numel() == 0:
             break
-        evaluate(active, _split(a[active], r[active].abs(), k).t(), n)
+        size = r[active].abs()
+        if select == "jump":
+            # The attribution-space jump of each segment: width/2 * ||(x - x') (grad F(b) - grad F(a))||,
+            # the trapezoid's error indicator for the attribution vector itself.
+            o = order[active]
+            ga = store[active[:, None], o].flatten(2)
+            jump = ((ga[:, 1:] - ga[:, :-1]) * diff[active].flatten(1)[:, None]).norm(dim=2).to(torch.float64)
+            size = torch.where(valid[active], width[active] * jump / 2, torch.zeros_like(size))
+        evaluate(active, _split(a[active], size, k).t(), n)
         n += k
 
     total_n = evals  # images that stopped early have fewer valid slots
@@ -310,6 +319,7 @@ def adaptive_integrated_gradients(
     max_evals: int = 50,
     batch_size: int | None = None,
     gnl: bool = False,
+    select: str = "residual",
 ) -> AdaptiveResult:
     """Integrated Gradients with nodes chosen per image by trapezoid residuals (issue 14).
 
@@ -344,6 +354,14 @@ def adaptive_integrated_gradients(
             to F, so there the residual is ``r = (b - a)(g(b) - g(a)) / 2`` (the
             trapezoid's error indicator for a jump of g inside the segment) and
             the stop is ``sum |r| <= tolerance * |sum_k w_k g(alpha_k)|``.
+        select: which segments get the new nodes. ``"residual"`` (default): the
+            largest ``|r|``, the design above. ``"jump"``: the largest
+            ``(b - a) / 2 * ||(x - x') * (grad F(b) - grad F(a))||``, the jump of
+            the attribution integrand itself (the stop stays on ``sum |r|``). The
+            scalar residual sees only the projection ``g`` of the gradient, which
+            is far smoother than the attribution vector in a ReLU network;
+            ``"jump"`` spends the nodes on the vector's error (a lower L2 error
+            to the exact IG, a larger delta: benchmarks/RESULTS.md, issue 14).
 
     Memory: every node's gradient is kept until the nodes are final (a node's
     weight changes when a neighbouring segment is bisected), ``max_evals`` input-sized
@@ -352,8 +370,10 @@ def adaptive_integrated_gradients(
     """
     if not isinstance(gnl, bool):
         raise TypeError(f"fastattr: gnl must be a bool, got {type(gnl).__name__}")
+    if select not in _ADAPTIVE_SELECTIONS:
+        raise ValueError(f"fastattr: select must be one of {_ADAPTIVE_SELECTIONS}, got {select!r}")
     context = guided(model, mode="guided", maxpool=True) if gnl else None
-    return _adaptive(model, inputs, target, baselines, tolerance, max_evals, batch_size, True, context)
+    return _adaptive(model, inputs, target, baselines, tolerance, max_evals, batch_size, True, context, select)
 
 
 def integrated_gradients(
