@@ -20,6 +20,8 @@ data set; target: the model's top class; baseline: zeros):
 - **sweep**: ``gausslegendre``, ``riemann_middle``, ``riemann_trapezoid`` at 4..64
   nodes and Gauss-Legendre at 50 (Captum's default); ``adaptive`` with
   ``tolerance=0`` at budgets 6..64 and with tolerances at a budget of 17;
+- **per-model schedule** (an alternative of the issue): node density fitted once per model on 8
+  other test images (adaptive select="jump" at 64 nodes), used as a fixed midpoint rule at 16..32;
 - **paired comparison**: per image, adaptive at <= 17 evaluations against
   Gauss-Legendre n = 50 (fraction of images where adaptive's error is at most
   GL-50's, and a sign test p-value).
@@ -34,6 +36,7 @@ be resumed; delete the folder to recompute. Prints markdown tables.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import statistics
@@ -46,11 +49,16 @@ from fastattr import data, engine, models
 from fastattr.methods.integrated_gradients import AdaptiveResult, adaptive_integrated_gradients
 from fastattr.targets import resolve
 
+# The module (fastattr.methods re-exports the function under the same name).
+ig_module = importlib.import_module("fastattr.methods.integrated_gradients")
+
 FIXED_RULES = ("gausslegendre", "riemann_middle", "riemann_trapezoid")
 BUDGETS = (4, 8, 16, 32, 64)
 ADAPTIVE_BUDGETS = (9, 13, 17, 25, 33, 49, 64)
 ADAPTIVE_TOLS = (0.03, 0.01, 0.003)
 JUMP_BUDGETS = (17, 25, 33, 49)
+SCHEDULE_BUDGETS = (16, 24, 32)
+FIT_IMAGES = 8
 
 
 class Counting(torch.nn.Module):
@@ -180,6 +188,42 @@ def adaptive(max_evals, tolerance, gnl=False, select="residual"):
     return fn
 
 
+def fit_schedule(b: "Bench", x_fit, fit_evals: int = 64, bins: int = 16):
+    """A per-model schedule: the density of the nodes that adaptive IG (select="jump",
+    tolerance 0, ``fit_evals`` nodes) places on ``x_fit`` (images not evaluated),
+    as a histogram (+1 per bin) whose inverse CDF maps uniform cells to the model's
+    cells. Returns (quantile function, fit cost in forward+backward rows)."""
+    if ("fit", fit_evals) not in b.cache:
+        with torch.no_grad():
+            t_fit = b.model.model(x_fit).argmax(1)
+        r = adaptive_integrated_gradients(b.model.model, x_fit, t_fit, tolerance=0.0, max_evals=fit_evals,
+                                          batch_size=b.bs, select="jump")
+        b.cache[("fit", fit_evals)] = torch.cat(r.alphas).double()
+        b.save()
+    nodes = b.cache[("fit", fit_evals)]
+    hist = torch.histc(nodes, bins=bins, min=0, max=1) + 1
+    cdf = torch.cat([torch.zeros(1, dtype=torch.float64), (hist / hist.sum()).cumsum(0)])
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+
+    def quantile(u: torch.Tensor) -> torch.Tensor:
+        i = (torch.searchsorted(cdf, u, right=True) - 1).clamp(0, bins - 1)
+        return edges[i] + (u - cdf[i]) / (cdf[i + 1] - cdf[i]) * (edges[i + 1] - edges[i])
+
+    return quantile, fit_evals * x_fit.shape[0]
+
+
+def scheduled(quantile, n):
+    """The midpoint rule on the schedule's cells: n cells of equal probability."""
+    e = quantile(torch.linspace(0, 1, n + 1, dtype=torch.float64))
+    e[0], e[-1] = 0.0, 1.0
+    alphas, weights = ((e[1:] + e[:-1]) / 2).tolist(), (e[1:] - e[:-1]).tolist()
+
+    def fn(model, x, t, batch_size):
+        return ig_module._path_integral(model, x, t, None, n, None, batch_size, False, None,
+                                        nodes=(alphas, weights))
+    return fn
+
+
 def row(label, evals, metrics):
     cells = [label, f"{evals:.1f}"]
     for m in metrics:
@@ -187,7 +231,7 @@ def row(label, evals, metrics):
     return "| " + " | ".join(cells) + " |"
 
 
-def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int):
+def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int, x_fit=None):
     n_img = b.x.shape[0]
     print(f"\n### {b.name}: {n_img} images, reference midpoint n={b.ref_n} (checked against n={ref_lo}), "
           f"c = {c:.3f}\n", flush=True)
@@ -205,6 +249,12 @@ def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int):
             settings.append((f"adaptive tol={tol} max=64", ("adaptive", tol, 64), adaptive(64, tol)))
         for n in JUMP_BUDGETS:
             settings.append((f"adaptive select=jump tol=0 max={n}", ("jump", 0.0, n), adaptive(n, 0.0, select="jump")))
+        if x_fit is not None:
+            quantile, fit_rows = fit_schedule(b, x_fit)
+            print(f"per-model schedule fitted on {x_fit.shape[0]} other test images: {fit_rows} forward+backward "
+                  f"rows, once per model", flush=True)
+            for n in SCHEDULE_BUDGETS:
+                settings.append((f"per-model schedule (midpoint) n={n}", ("schedule", n), scheduled(quantile, n)))
     rows, per_image = [], {}
     for label, key, fn in settings:
         e = b.run(key, fn)
@@ -228,13 +278,15 @@ def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int):
         print("| adaptive setting | evals/image (mean, max) | metric | adaptive <= GL50 | sign-test p "
               "| adaptive median | GL50 median | adaptive p90 | GL50 p90 |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for key in [k for k in per_image if k[0] in ("adaptive", "jump") and k[2] in (17, 25, 33)]:
+        for key in [k for k in per_image if (k[0] in ("adaptive", "jump") and (k[2] in (17, 25, 33) or k[1] > 0))
+                    or k[0] == "schedule"]:
             d, l2, ov, e = per_image[key]
-            ev = e["info"]["evals"].double()
+            ev = e["info"]["evals"].double() if e["info"] else torch.full((n_img,), e["fb"] / n_img)
             for name, mine, theirs in (("delta", d, gl[0]), ("L2", l2, gl[1])):
                 wins = int((mine < theirs).sum())
                 losses = int((mine > theirs).sum())
-                print(f"| {key[0]} tol={key[1]} max={key[2]} | {ev.mean():.1f}, {ev.max():.0f} | {name} | "
+                label = f"schedule n={key[1]}" if key[0] == "schedule" else f"{key[0]} tol={key[1]} max={key[2]}"
+                print(f"| {label} | {ev.mean():.1f}, {ev.max():.0f} | {name} | "
                       f"{int((mine <= theirs).sum())}/{n_img} | {sign_test(wins, losses):.2g} | "
                       f"{q(mine.tolist(), .5):.3g} | {q(theirs.tolist(), .5):.3g} | {q(mine.tolist(), .9):.3g} | "
                       f"{q(theirs.tolist(), .9):.3g} |")
@@ -284,7 +336,8 @@ def main():
         model = models.load(name).eval()
         c = measure_c(model, x, args.batch_size)
         b = Bench(name, model, x, args.cache, args.batch_size, args.gnl_images, 2048)
-        bench_model(b, c, adaptive_ok, 1024)
+        x_fit = torch.stack([ds[i][0] for i in range(args.images, args.images + FIT_IMAGES)])
+        bench_model(b, c, adaptive_ok, 1024, x_fit)
         if args.gnl_images:
             bench_gnl(b, c, adaptive_ok)
     if args.resnet18_images:

@@ -38,7 +38,9 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _path_integral(model, inputs, target, baselines, n_steps, method, batch_size, return_delta,
-                   context: GuidedMode | None, tolerance=None, max_evals=None):
+                   context: GuidedMode | None, tolerance=None, max_evals=None, nodes=None):
+    """``nodes``: explicit ``(alphas, weights)`` lists instead of ``method`` and
+    ``n_steps`` (benchmarks/adaptive_ig.py measures fitted per-model schedules)."""
     if method == ADAPTIVE:
         budget = check_n_steps(n_steps) if max_evals is None else max_evals
         result = _adaptive(model, inputs, target, baselines, tolerance, budget, batch_size, return_delta, context)
@@ -49,7 +51,7 @@ def _path_integral(model, inputs, target, baselines, n_steps, method, batch_size
                          f"drop {given} or pass method='adaptive'")
     x = check_inputs(inputs).detach()
     xb = check_baselines(baselines, x).detach()
-    alphas, weights = nodes_and_weights(method, n_steps)
+    alphas, weights = nodes_and_weights(method, n_steps) if nodes is None else nodes
     batch_size = engine.check_batch_size(batch_size, x)
     if not isinstance(return_delta, bool):
         raise TypeError(f"fastattr: return_delta must be a bool, got {type(return_delta).__name__}")
