@@ -1,6 +1,7 @@
 """Adaptive integrated gradients against Captum's fixed rules: accuracy versus model evaluations (issue 14).
 
     python benchmarks/adaptive_ig.py [--images 24] [--gnl-images 8] [--resnet18-images 0] [--threads 1]
+                                     [--models shapes-vgg,shapes-resnet]
                                      [--cache /tmp/fastattr-adaptive-ig]
 
 Per model and image (the first ``--images`` test images of the bundled shapes
@@ -25,6 +26,11 @@ data set; target: the model's top class; baseline: zeros):
 - **paired comparison**: per image, adaptive at <= 17 evaluations against
   Gauss-Legendre n = 50 (fraction of images where adaptive's error is at most
   GL-50's, and a sign test p-value).
+
+``--resnet18-images N``: torchvision resnet18, random init (seed 0), on the
+first N shapes images bilinearly up-sampled to 224x224, reference n = 1024
+checked against 512, a reduced sweep (16, 32, GL-50; adaptive 17-33), 16 rows
+per pass.
 
 GNL-IG (no completeness): L2 and top-5% only, on ``--gnl-images`` images, its
 reference midpoint n = 1024 checked against n = 512.
@@ -231,7 +237,11 @@ def row(label, evals, metrics):
     return "| " + " | ".join(cells) + " |"
 
 
-def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int, x_fit=None):
+def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int, x_fit=None, quick=False):
+    """``quick``: a reduced sweep (resnet18 at 224x224 on the CPU)."""
+    budgets = (16, 32) if quick else BUDGETS
+    adaptive_budgets = (17, 25, 33) if quick else ADAPTIVE_BUDGETS
+    jump_budgets = (17, 33) if quick else JUMP_BUDGETS
     n_img = b.x.shape[0]
     print(f"\n### {b.name}: {n_img} images, reference midpoint n={b.ref_n} (checked against n={ref_lo}), "
           f"c = {c:.3f}\n", flush=True)
@@ -240,14 +250,14 @@ def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int, x_fit=None):
     ref_err = rel_l2(ref_lo_attr, ref)
     settings = []
     for method in FIXED_RULES:
-        for n in BUDGETS + ((50,) if method == "gausslegendre" else ()):
+        for n in budgets + ((50,) if method == "gausslegendre" else ()):
             settings.append((f"{method} n={n}", (method, n), fixed(method, n)))
     if adaptive_ok:
-        for n in ADAPTIVE_BUDGETS:
+        for n in adaptive_budgets:
             settings.append((f"adaptive tol=0 max={n}", ("adaptive", 0.0, n), adaptive(n, 0.0)))
-        for tol in ADAPTIVE_TOLS:
+        for tol in () if quick else ADAPTIVE_TOLS:
             settings.append((f"adaptive tol={tol} max=64", ("adaptive", tol, 64), adaptive(64, tol)))
-        for n in JUMP_BUDGETS:
+        for n in jump_budgets:
             settings.append((f"adaptive select=jump tol=0 max={n}", ("jump", 0.0, n), adaptive(n, 0.0, select="jump")))
         if x_fit is not None:
             quantile, fit_rows = fit_schedule(b, x_fit)
@@ -348,7 +358,7 @@ def main():
         xr = torch.nn.functional.interpolate(x[:args.resnet18_images], size=224, mode="bilinear")
         c = measure_c(model, xr, 8)
         b = Bench("resnet18-random", model, xr, args.cache, 16, 0, 1024)
-        bench_model(b, c, adaptive_ok, 512)
+        bench_model(b, c, adaptive_ok, 512, quick=True)
 
 
 if __name__ == "__main__":
