@@ -106,7 +106,8 @@ class AdaptiveResult:
             x and x' the scores of the path's end nodes (alpha = 1 and 0), which the
             method evaluates anyway.
         evals: ``(B,)`` int64, forward+backward evaluations (nodes) spent on each image;
-            the method runs no forward-only pass.
+            the method runs no forward-only pass (beyond the one forward pass of the
+            inputs that ``target=None`` takes to find each image's top class).
         converged: ``(B,)`` bool, ``residual <= tolerance * |F(x) - F(x')|`` (GNL: see
             ``gnl``); False means the image stopped at ``max_evals``.
         residual: ``(B,)`` float64, ``sum |r|`` over the final trapezoid segments.
@@ -363,7 +364,9 @@ def adaptive_integrated_gradients(
             scalar residual sees only the projection ``g`` of the gradient, which
             is far smoother than the attribution vector in a ReLU network;
             ``"jump"`` spends the nodes on the vector's error (a lower L2 error
-            to the exact IG, a larger delta: benchmarks/RESULTS.md, issue 14).
+            to the exact IG, a larger delta: benchmarks/RESULTS.md, issue 14). It
+            reads every stored gradient once per round (a copy of the active
+            images' store).
 
     Memory: every node's gradient is kept until the nodes are final (a node's
     weight changes when a neighbouring segment is bisected), ``max_evals`` input-sized
