@@ -20,7 +20,10 @@ import sys
 OPTION_FLAGS = {
     "n_steps": ("--n-steps", int, "integration steps (integrated_gradients, gnl_integrated_gradients)"),
     "integration": ("--integration", str, "IG quadrature: gausslegendre, riemann_left/right/middle/trapezoid "
-                                          "(the methods' 'method' option)"),
+                                          "(the methods' 'method' option), or adaptive"),
+    "tolerance": ("--tolerance", float, "IG with --integration adaptive: stop an image once its trapezoid "
+                                        "residuals sum to at most this fraction of |F(x) - F(x')|"),
+    "max_evals": ("--max-evals", int, "IG with --integration adaptive: most evaluations per image"),
     "baselines": ("--baselines", float, "IG baseline value (a constant image)"),
     "internal_batch_size": ("--internal-batch-size", int, "rows per forward pass inside a method (its 'batch_size')"),
     "n_samples": ("--n-samples", int, "noise samples (smooth_grad)"),

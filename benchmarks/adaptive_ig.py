@@ -1,0 +1,365 @@
+"""Adaptive integrated gradients against Captum's fixed rules: accuracy versus model evaluations (issue 14).
+
+    python benchmarks/adaptive_ig.py [--images 24] [--gnl-images 8] [--resnet18-images 0] [--threads 1]
+                                     [--models shapes-vgg,shapes-resnet]
+                                     [--cache /tmp/fastattr-adaptive-ig]
+
+Per model and image (the first ``--images`` test images of the bundled shapes
+data set; target: the model's top class; baseline: zeros):
+
+- **reference**: IG with the midpoint rule at n = 2048, checked against n = 1024
+  (resnet18: 1024 against 512); the check is the relative L2 distance between
+  the two, which must be at most a tenth of the errors compared;
+- **errors**: relative convergence delta ``|sum A - (F(x) - F(x'))| / |F(x) -
+  F(x')|`` (F at x and x' from plain forward passes), relative L2 distance to
+  the reference, overlap of the top 5% pixels (pixel score: |attribution summed
+  over channels|) with the reference's;
+- **cost**: forward+backward rows and forward-only rows counted by a wrapper
+  around the model, equivalent evaluations per image = fb + c * f with c the
+  measured forward / forward+backward time ratio at the benchmark's batch size,
+  and wall time per call (all images in one call, the same batch_size);
+- **sweep**: ``gausslegendre``, ``riemann_middle``, ``riemann_trapezoid`` at 4..64
+  nodes and Gauss-Legendre at 50 (Captum's default); ``adaptive`` with
+  ``tolerance=0`` at budgets 6..64 and with tolerances at a budget of 17;
+- **per-model schedule** (an alternative of the issue): node density fitted once per model on 8
+  other test images (adaptive select="jump" at 64 nodes), used as a fixed midpoint rule at 16..32;
+- **paired comparison**: per image, adaptive at <= 17 evaluations against
+  Gauss-Legendre n = 50 (fraction of images where adaptive's error is at most
+  GL-50's, and a sign test p-value).
+
+``--resnet18-images N``: torchvision resnet18, random init (seed 0), on the
+first N shapes images bilinearly up-sampled to 224x224, reference n = 1024
+checked against 512, a reduced sweep (16, 32, GL-50; adaptive 17-33), 16 rows
+per pass.
+
+GNL-IG (no completeness): L2 and top-5% only, on ``--gnl-images`` images, its
+reference midpoint n = 1024 checked against n = 512.
+
+Results are cached per (model, method, setting) under ``--cache`` so a run can
+be resumed; delete the folder to recompute. Prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import statistics
+import time
+
+import torch
+
+import fastattr
+from fastattr import data, engine, models
+from fastattr.methods.integrated_gradients import AdaptiveResult, adaptive_integrated_gradients
+from fastattr.targets import resolve
+
+# The module (fastattr.methods re-exports the function under the same name).
+ig_module = importlib.import_module("fastattr.methods.integrated_gradients")
+
+FIXED_RULES = ("gausslegendre", "riemann_middle", "riemann_trapezoid")
+BUDGETS = (4, 8, 16, 32, 64)
+ADAPTIVE_BUDGETS = (9, 13, 17, 25, 33, 49, 64)
+ADAPTIVE_TOLS = (0.03, 0.01, 0.003)
+JUMP_BUDGETS = (17, 25, 33, 49)
+SCHEDULE_BUDGETS = (16, 24, 32)
+FIT_IMAGES = 8
+
+
+class Counting(torch.nn.Module):
+    """Counts rows run with autograd on (forward+backward) and without (forward only)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.fb = self.f = 0
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.fb += x.shape[0]
+        else:
+            self.f += x.shape[0]
+        return self.model(x)
+
+
+def measure_c(model, x, rows: int, rounds: int = 3) -> float:
+    """Forward-only time / forward+backward time per row, at ``rows`` rows per pass."""
+    batch = x[:1].expand(rows, *x.shape[1:]).contiguous()
+    tf, tb = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        with torch.no_grad():
+            model(batch)
+        tf.append(time.perf_counter() - t)
+        z = batch.clone().requires_grad_(True)
+        t = time.perf_counter()
+        (g,) = torch.autograd.grad(model(z)[:, 0].sum(), z)
+        tb.append(time.perf_counter() - t)
+    return statistics.median(tf) / statistics.median(tb)
+
+
+def top_overlap(a: torch.Tensor, b: torch.Tensor, frac: float = 0.05) -> torch.Tensor:
+    pa, pb = a.sum(1).abs().flatten(1), b.sum(1).abs().flatten(1)
+    k = max(1, int(round(frac * pa.shape[1])))
+    ia, ib = pa.topk(k, 1).indices, pb.topk(k, 1).indices
+    out = []
+    for r in range(a.shape[0]):
+        out.append(len(set(ia[r].tolist()) & set(ib[r].tolist())) / k)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def rel_l2(a, ref):
+    return ((a - ref).double().flatten(1).norm(dim=1) / ref.double().flatten(1).norm(dim=1))
+
+
+def rel_delta(a, gap):
+    return ((a.double().flatten(1).sum(1) - gap).abs() / gap.abs())
+
+
+def q(values, p):
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    i = p * (len(v) - 1)
+    lo, hi = math.floor(i), math.ceil(i)
+    return v[lo] + (v[hi] - v[lo]) * (i - lo)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided sign-test p-value (ties dropped)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    p = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * p)
+
+
+class Bench:
+    def __init__(self, name, model, x, cache, batch_size, gnl_n, ref_n):
+        self.name, self.model, self.x = name, Counting(model), x
+        self.cache_path = os.path.join(cache, f"{name}-{x.shape[0]}.pt")
+        self.cache = torch.load(self.cache_path) if os.path.exists(self.cache_path) else {}
+        self.bs = batch_size
+        self.gnl_n = gnl_n
+        self.ref_n = ref_n
+        with torch.no_grad():
+            self.target = model(x).argmax(1)
+        xb = torch.zeros_like(x)
+        res = resolve(model, x, self.target, batch_size)
+        self.gap = (engine.forward_scores(model, x, res, batch_size)
+                    - engine.forward_scores(model, xb, res, batch_size)).double()
+
+    def save(self):
+        torch.save(self.cache, self.cache_path)
+
+    def run(self, key, fn, gnl=False, **kw):
+        """Attributions (cached) plus cost: (attr, fb rows, f rows, wall s, info)."""
+        if key in self.cache:
+            return self.cache[key]
+        x = self.x[:self.gnl_n] if gnl else self.x
+        t = self.target[:self.gnl_n] if gnl else self.target
+        self.model.fb = self.model.f = 0
+        t0 = time.perf_counter()
+        out = fn(self.model, x, t, batch_size=self.bs, **kw)
+        wall = time.perf_counter() - t0
+        info = None
+        if isinstance(out, AdaptiveResult):
+            info = {"evals": out.evals, "converged": out.converged}
+            out = out.attributions
+        entry = {"attr": out.detach(), "fb": self.model.fb, "f": self.model.f, "wall": wall, "info": info}
+        self.cache[key] = entry
+        self.save()
+        print(f"  [{self.name}] {key}: {wall:.1f} s, fb {self.model.fb}, f {self.model.f}", flush=True)
+        return entry
+
+
+def fixed(method, n):
+    def fn(model, x, t, batch_size):
+        return fastattr.integrated_gradients(model, x, t, n_steps=n, method=method, batch_size=batch_size)
+    return fn
+
+
+def fixed_gnl(method, n):
+    def fn(model, x, t, batch_size):
+        return fastattr.gnl_integrated_gradients(model, x, t, n_steps=n, method=method, batch_size=batch_size)
+    return fn
+
+
+def adaptive(max_evals, tolerance, gnl=False, select="residual"):
+    def fn(model, x, t, batch_size):
+        return adaptive_integrated_gradients(model, x, t, max_evals=max_evals, tolerance=tolerance,
+                                             batch_size=batch_size, gnl=gnl, select=select)
+    return fn
+
+
+def fit_schedule(b: "Bench", x_fit, fit_evals: int = 64, bins: int = 16):
+    """A per-model schedule: the density of the nodes that adaptive IG (select="jump",
+    tolerance 0, ``fit_evals`` nodes) places on ``x_fit`` (images not evaluated),
+    as a histogram (+1 per bin) whose inverse CDF maps uniform cells to the model's
+    cells. Returns (quantile function, fit cost in forward+backward rows)."""
+    if ("fit", fit_evals) not in b.cache:
+        with torch.no_grad():
+            t_fit = b.model.model(x_fit).argmax(1)
+        r = adaptive_integrated_gradients(b.model.model, x_fit, t_fit, tolerance=0.0, max_evals=fit_evals,
+                                          batch_size=b.bs, select="jump")
+        b.cache[("fit", fit_evals)] = torch.cat(r.alphas).double()
+        b.save()
+    nodes = b.cache[("fit", fit_evals)]
+    hist = torch.histc(nodes, bins=bins, min=0, max=1) + 1
+    cdf = torch.cat([torch.zeros(1, dtype=torch.float64), (hist / hist.sum()).cumsum(0)])
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+
+    def quantile(u: torch.Tensor) -> torch.Tensor:
+        i = (torch.searchsorted(cdf, u, right=True) - 1).clamp(0, bins - 1)
+        return edges[i] + (u - cdf[i]) / (cdf[i + 1] - cdf[i]) * (edges[i + 1] - edges[i])
+
+    return quantile, fit_evals * x_fit.shape[0]
+
+
+def scheduled(quantile, n):
+    """The midpoint rule on the schedule's cells: n cells of equal probability."""
+    e = quantile(torch.linspace(0, 1, n + 1, dtype=torch.float64))
+    e[0], e[-1] = 0.0, 1.0
+    alphas, weights = ((e[1:] + e[:-1]) / 2).tolist(), (e[1:] - e[:-1]).tolist()
+
+    def fn(model, x, t, batch_size):
+        return ig_module._path_integral(model, x, t, None, n, None, batch_size, False, None,
+                                        nodes=(alphas, weights))
+    return fn
+
+
+def row(label, evals, metrics):
+    cells = [label, f"{evals:.1f}"]
+    for m in metrics:
+        cells += [f"{q(m, 0.5):.3g}", f"{q(m, 0.9):.3g}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int, x_fit=None, quick=False):
+    """``quick``: a reduced sweep (resnet18 at 224x224 on the CPU)."""
+    budgets = (16, 32) if quick else BUDGETS
+    adaptive_budgets = (17, 25, 33) if quick else ADAPTIVE_BUDGETS
+    jump_budgets = (17, 33) if quick else JUMP_BUDGETS
+    n_img = b.x.shape[0]
+    print(f"\n### {b.name}: {n_img} images, reference midpoint n={b.ref_n} (checked against n={ref_lo}), "
+          f"c = {c:.3f}\n", flush=True)
+    ref = b.run(("ref", b.ref_n), fixed("riemann_middle", b.ref_n))["attr"]
+    ref_lo_attr = b.run(("ref", ref_lo), fixed("riemann_middle", ref_lo))["attr"]
+    ref_err = rel_l2(ref_lo_attr, ref)
+    settings = []
+    for method in FIXED_RULES:
+        for n in budgets + ((50,) if method == "gausslegendre" else ()):
+            settings.append((f"{method} n={n}", (method, n), fixed(method, n)))
+    if adaptive_ok:
+        for n in adaptive_budgets:
+            settings.append((f"adaptive tol=0 max={n}", ("adaptive", 0.0, n), adaptive(n, 0.0)))
+        for tol in () if quick else ADAPTIVE_TOLS:
+            settings.append((f"adaptive tol={tol} max=64", ("adaptive", tol, 64), adaptive(64, tol)))
+        for n in jump_budgets:
+            settings.append((f"adaptive select=jump tol=0 max={n}", ("jump", 0.0, n), adaptive(n, 0.0, select="jump")))
+        if x_fit is not None:
+            quantile, fit_rows = fit_schedule(b, x_fit)
+            print(f"per-model schedule fitted on {x_fit.shape[0]} other test images: {fit_rows} forward+backward "
+                  f"rows, once per model", flush=True)
+            for n in SCHEDULE_BUDGETS:
+                settings.append((f"per-model schedule (midpoint) n={n}", ("schedule", n), scheduled(quantile, n)))
+    rows, per_image = [], {}
+    for label, key, fn in settings:
+        e = b.run(key, fn)
+        a = e["attr"]
+        evals = (e["fb"] + c * e["f"]) / n_img
+        d, l2, ov = rel_delta(a, b.gap), rel_l2(a, ref), top_overlap(a, ref)
+        per_image[key] = (d, l2, ov, e)
+        rows.append(row(label, evals, [d.tolist(), l2.tolist(), ov.tolist()]) + f" {e['wall']:.1f} |")
+    print("| setting | equiv. evals/image | delta median | delta p90 | L2 median | L2 p90 | top-5% median "
+          "| top-5% p90 | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"\nreference check: rel. L2(n={ref_lo}, n={b.ref_n}) median {q(ref_err.tolist(), .5):.3g}, "
+          f"p90 {q(ref_err.tolist(), .9):.3g}", flush=True)
+    gl = per_image[("gausslegendre", 50)]
+    ratio = ref_err / gl[1]
+    print(f"reference difference / GL-50 L2 error, per image: median {q(ratio.tolist(), .5):.3g}, "
+          f"max {ratio.max().item():.3g}; images with ratio <= 0.1: {(ratio <= 0.1).sum().item()}/{n_img}")
+    if adaptive_ok:
+        print("\npaired per image, adaptive (max_evals 17, 25, 33) vs gausslegendre n=50:\n")
+        print("| adaptive setting | evals/image (mean, max) | metric | adaptive <= GL50 | sign-test p "
+              "| adaptive median | GL50 median | adaptive p90 | GL50 p90 |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for key in [k for k in per_image if (k[0] in ("adaptive", "jump") and (k[2] in (17, 25, 33) or k[1] > 0))
+                    or k[0] == "schedule"]:
+            d, l2, ov, e = per_image[key]
+            ev = e["info"]["evals"].double() if e["info"] else torch.full((n_img,), e["fb"] / n_img)
+            for name, mine, theirs in (("delta", d, gl[0]), ("L2", l2, gl[1])):
+                wins = int((mine < theirs).sum())
+                losses = int((mine > theirs).sum())
+                label = f"schedule n={key[1]}" if key[0] == "schedule" else f"{key[0]} tol={key[1]} max={key[2]}"
+                print(f"| {label} | {ev.mean():.1f}, {ev.max():.0f} | {name} | "
+                      f"{int((mine <= theirs).sum())}/{n_img} | {sign_test(wins, losses):.2g} | "
+                      f"{q(mine.tolist(), .5):.3g} | {q(theirs.tolist(), .5):.3g} | {q(mine.tolist(), .9):.3g} | "
+                      f"{q(theirs.tolist(), .9):.3g} |")
+    return per_image
+
+
+def bench_gnl(b: Bench, c: float, adaptive_ok: bool):
+    n = b.gnl_n
+    print(f"\n### {b.name} GNL-IG: {n} images, reference midpoint n=1024 (checked against n=512)\n", flush=True)
+    ref = b.run(("gnl-ref", 1024), fixed_gnl("riemann_middle", 1024), gnl=True)["attr"]
+    ref_lo = b.run(("gnl-ref", 512), fixed_gnl("riemann_middle", 512), gnl=True)["attr"]
+    err = rel_l2(ref_lo, ref)
+    settings = [(f"gausslegendre n={k}", ("gnl", "gausslegendre", k), fixed_gnl("gausslegendre", k))
+                for k in (16, 50)]
+    settings.append(("riemann_middle n=16", ("gnl", "riemann_middle", 16), fixed_gnl("riemann_middle", 16)))
+    if adaptive_ok:
+        settings += [(f"adaptive tol=0 max={k}", ("gnl", "adaptive", k), adaptive(k, 0.0, gnl=True))
+                     for k in (17, 33)]
+    print("| setting | equiv. evals/image | L2 median | L2 p90 | top-5% median | top-5% p90 |")
+    print("|---|---|---|---|---|---|")
+    for label, key, fn in settings:
+        e = b.run(key, fn, gnl=True)
+        l2, ov = rel_l2(e["attr"], ref), top_overlap(e["attr"], ref)
+        print(row(label, (e["fb"] + c * e["f"]) / n, [l2.tolist(), ov.tolist()]))
+    print(f"\nreference check: rel. L2(n=512, n=1024) median {q(err.tolist(), .5):.3g}, "
+          f"p90 {q(err.tolist(), .9):.3g}", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=24)
+    p.add_argument("--gnl-images", type=int, default=8)
+    p.add_argument("--resnet18-images", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--models", default="shapes-vgg,shapes-resnet")
+    p.add_argument("--no-adaptive", action="store_true", help="only the fixed rules (fills the cache)")
+    p.add_argument("--cache", default="/tmp/fastattr-adaptive-ig")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.cache, exist_ok=True)
+    adaptive_ok = not args.no_adaptive
+    ds = data.load("shapes", split="test")
+    x = torch.stack([ds[i][0] for i in range(args.images)])
+    print(f"torch {torch.__version__}, {args.threads} thread(s), batch_size {args.batch_size}")
+    for name in [m for m in args.models.split(",") if m]:
+        model = models.load(name).eval()
+        c = measure_c(model, x, args.batch_size)
+        b = Bench(name, model, x, args.cache, args.batch_size, args.gnl_images, 2048)
+        x_fit = torch.stack([ds[i][0] for i in range(args.images, args.images + FIT_IMAGES)])
+        bench_model(b, c, adaptive_ok, 1024, x_fit)
+        if args.gnl_images:
+            bench_gnl(b, c, adaptive_ok)
+    if args.resnet18_images:
+        import torchvision
+
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=1000).eval()
+        xr = torch.nn.functional.interpolate(x[:args.resnet18_images], size=224, mode="bilinear")
+        c = measure_c(model, xr, 8)
+        b = Bench("resnet18-random", model, xr, args.cache, 16, 0, 1024)
+        bench_model(b, c, adaptive_ok, 512, quick=True)
+
+
+if __name__ == "__main__":
+    main()
