@@ -78,7 +78,7 @@ def rise_runner(case: str, n: int, impl: str, device):
     with torch.no_grad():
         target = model(x).argmax(1)
     grids, shifts = _draws(n, size, device)
-    rows = fastattr.engine.default_batch_size(x)
+    rows = fastattr.engine.default_batch_size(x, forward_only=True)
     if impl == "fastattr":
         return lambda: fastattr.rise(model, x, target, grids=grids, shifts=shifts, grid_size=GRID, p=P,
                                      upsample="torch")
@@ -120,7 +120,7 @@ def ablation_runner(method: str, case: str, impl: str, device):
     x = _inputs(case, batch, size, device)
     with torch.no_grad():
         target = model(x).argmax(1)
-    rows = fastattr.engine.default_batch_size(x)
+    rows = fastattr.engine.default_batch_size(x, forward_only=True)
     if method == "occlusion":
         side = size // 8
         kw = dict(sliding_window_shapes=(3, side, side), strides=(3, side // 2, side // 2))
@@ -190,7 +190,7 @@ def memory_table(device, ns) -> list[str]:
     lines = ["| case | N | fastattr (MiB) | materialising (MiB) | one forward batch (MiB) | fastattr / one batch |",
              "|---|---:|---:|---:|---:|---:|"]
     for case, (batch, size) in RISE_CASES.items():
-        rows = fastattr.engine.default_batch_size(_inputs(case, batch, size, device))
+        rows = fastattr.engine.default_batch_size(_inputs(case, batch, size, device), forward_only=True)
         one = peak_memory_mb("rise", case, str(max(1, rows // batch)), f"limit@{rows}", device)
         for n in ns:
             ours = peak_memory_mb("rise", case, str(n), "fastattr", device)
@@ -206,7 +206,7 @@ def rise_table(device, rounds, ns) -> list[str]:
     lines = ["| case | N | impl | time (s) | time / model limit | peak mem (MiB) | peak / one forward batch |",
              "|---|---:|---|---:|---:|---:|---:|"]
     for case, (batch, size) in RISE_CASES.items():
-        rows = fastattr.engine.default_batch_size(_inputs(case, batch, size, device))
+        rows = fastattr.engine.default_batch_size(_inputs(case, batch, size, device), forward_only=True)
         # one bare forward pass of `rows` rows (N = rows / B masks)
         one_batch = peak_memory_mb("rise", case, str(max(1, rows // batch)), f"limit@{rows}", device)
         for n in ns:

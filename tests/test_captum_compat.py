@@ -828,7 +828,8 @@ class TwoScriptable(nn.Module):
 @pytest.mark.parametrize("name", GRADIENT_METHODS + ["NoiseTunnel", "Occlusion", "FeatureAblation"])
 def test_signatures_are_captums(name):
     """Constructors and attribute() take Captum 0.9's parameters, in its order,
-    with its defaults (NoiseTunnel adds the keyword-only generator and noise)."""
+    with its defaults (NoiseTunnel adds the keyword-only generator and noise,
+    IntegratedGradients the keyword-only tolerance and max_evals of method="adaptive")."""
     import inspect
 
     def params(fn, drop=()):
@@ -836,7 +837,7 @@ def test_signatures_are_captums(name):
 
     ours, ref = getattr(fc, name), getattr(captum_attr, name)
     assert params(ours.__init__) == params(ref.__init__)
-    assert params(ours.attribute, drop=("generator", "noise")) == params(ref.attribute)
+    assert params(ours.attribute, drop=("generator", "noise", "tolerance", "max_evals")) == params(ref.attribute)
 
 
 # --------------------------------------------------------------------------- random shapes (hypothesis)
@@ -960,3 +961,45 @@ def test_noise_tunnel_baseline_distribution_several_inputs(monkeypatch):
     ours = fc.NoiseTunnel(fc.IntegratedGradients(model)).attribute(
         x, noise=eps, generator=torch.Generator().manual_seed(7), **kw)
     assert_rel(ours, ref)
+
+
+# --------------------------------------------------------------------------- method="adaptive" (issue 14)
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_ig_adaptive_within_start_nodes_is_the_trapezoid_rule(n):
+    """With a budget of at most its 5 start nodes, adaptive IG is the textbook
+    trapezoid rule on linspace(0, 1, n) (zero baseline): checked against
+    Captum's gradients at those nodes, weighted in float64 here."""
+    model = cnn(3)
+    x = torch.randn(2, 2, 6, 6, dtype=F64, generator=torch.Generator().manual_seed(n))
+    ours, delta = fc.IntegratedGradients(model).attribute(x, target=1, n_steps=n, method="adaptive",
+                                                         return_convergence_delta=True)
+    weights = torch.full((n,), 1.0 / (n - 1), dtype=F64)
+    weights[0] = weights[-1] = 0.5 / (n - 1)
+    grads = [captum_attr.Saliency(model).attribute(x * a, target=1, abs=False)
+             for a in torch.linspace(0, 1, n, dtype=F64)]
+    assert_rel(ours, sum(w * g for w, g in zip(weights, grads)) * x, 1e-10)
+    with torch.no_grad():
+        gap = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
+    assert torch.allclose(delta, ours.flatten(1).sum(1) - gap, rtol=1e-9, atol=1e-12)
+
+
+def test_ig_adaptive_options_through_captum_layer():
+    model = cnn(4)
+    x = torch.randn(2, 2, 6, 6, dtype=F64, generator=torch.Generator().manual_seed(9))
+    ig = fc.IntegratedGradients(model)
+    with pytest.raises(ValueError, match="tolerance"):
+        ig.attribute(x, target=0, tolerance=0.1)  # only for method="adaptive"
+    with pytest.raises(ValueError, match="max_evals"):
+        ig.attribute(x, target=0, method="adaptive", max_evals=1)
+    attr, delta = ig.attribute(x, target=0, method="adaptive", max_evals=65, tolerance=0.0,
+                               return_convergence_delta=True)
+    exact = captum_attr.IntegratedGradients(model).attribute(x, target=0, n_steps=2048, method="riemann_middle")
+    # A small ReLU CNN: 65 adaptive nodes are close to the (near-)exact integral.
+    assert float((attr - exact).norm() / exact.norm()) < 0.05
+    with torch.no_grad():
+        gap = model(x)[:, 0] - model(torch.zeros_like(x))[:, 0]
+    assert torch.allclose(delta, attr.flatten(1).sum(1) - gap, rtol=1e-9, atol=1e-12)
+    nt = fc.NoiseTunnel(ig).attribute(x, target=0, nt_samples=2, method="adaptive", max_evals=9,
+                                      generator=torch.Generator().manual_seed(0))
+    assert nt.shape == x.shape and torch.isfinite(nt).all()

@@ -78,7 +78,7 @@ from . import engine
 from .methods._common import check_baselines
 from .methods.causal import causal_ate
 from .methods.gradients import deconvnet, guided_backprop, input_x_gradient, saliency
-from .methods.integrated_gradients import gnl_integrated_gradients, integrated_gradients
+from .methods.integrated_gradients import ADAPTIVE, gnl_integrated_gradients, integrated_gradients
 from .methods.perturbation import feature_ablation, occlusion, rise
 from .methods.smoothing import KINDS, _check_count, _unit_noise, smooth_grad
 from .targets import resolve
@@ -374,25 +374,33 @@ class IntegratedGradients(_Attribution):
         return True
 
     def _compute(self, model, x, target, batch_size=None, additional_forward_args=None, baselines=None,
-                 n_steps=50, method="gausslegendre", return_delta=False):
+                 n_steps=50, method="gausslegendre", return_delta=False, tolerance=None, max_evals=None):
         return type(self)._path(model, x, target=target, baselines=baselines, n_steps=n_steps, method=method,
                                 batch_size=batch_size, return_delta=return_delta,
                                 multiply_by_inputs=self._multiply_by_inputs,
-                                additional_forward_args=additional_forward_args)
+                                additional_forward_args=additional_forward_args,
+                                tolerance=tolerance, max_evals=max_evals)
 
-    def _ig_kwargs(self, inputs, baselines, n_steps, method, internal_batch_size, return_convergence_delta):
+    def _ig_kwargs(self, inputs, baselines, n_steps, method, internal_batch_size, return_convergence_delta,
+                   tolerance=None, max_evals=None):
         xs, _ = _format_inputs(inputs)
         baselines = _format_baselines(baselines, xs)
         _require(_is_index(n_steps) and n_steps >= 1, f"n_steps must be a positive integer, got {n_steps!r}")
-        _require(method in _IG_METHODS, f"Approximation method must be one of {list(_IG_METHODS)}, "
-                                        f"got {method!r}")
+        _require(method in _IG_METHODS + (ADAPTIVE,), f"Approximation method must be one of "
+                                                      f"{list(_IG_METHODS + (ADAPTIVE,))}, got {method!r}")
         _check_batch_arg(internal_batch_size, "internal_batch_size")
         return dict(baselines=None if baselines is None else _one_or_tuple(baselines), n_steps=n_steps,
-                    method=method, batch_size=internal_batch_size, return_delta=bool(return_convergence_delta))
+                    method=method, batch_size=internal_batch_size, return_delta=bool(return_convergence_delta),
+                    tolerance=tolerance, max_evals=max_evals)
 
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, n_steps: int = 50,
-                  method: str = "gausslegendre", internal_batch_size=None, return_convergence_delta: bool = False):
-        kw = self._ig_kwargs(inputs, baselines, n_steps, method, internal_batch_size, return_convergence_delta)
+                  method: str = "gausslegendre", internal_batch_size=None, return_convergence_delta: bool = False,
+                  *, tolerance: float | None = None, max_evals: int | None = None):
+        """Captum's ``attribute``; fastattr adds ``method="adaptive"`` with the
+        keyword-only ``tolerance`` and ``max_evals`` (per-image nodes, see
+        :func:`fastattr.integrated_gradients`; ``max_evals=None``: ``n_steps``)."""
+        kw = self._ig_kwargs(inputs, baselines, n_steps, method, internal_batch_size, return_convergence_delta,
+                             tolerance, max_evals)
         return self._run(inputs, target, additional_forward_args, **kw)
 
     def compute_convergence_delta(self, attributions, start_point, end_point, target=None,
@@ -646,7 +654,8 @@ class NoiseTunnel:
         show_progress = kwargs.pop("show_progress", False)
         inner = self.attribution_method
         if isinstance(inner, IntegratedGradients):
-            allowed = ("baselines", "n_steps", "method", "internal_batch_size", "return_convergence_delta")
+            allowed = ("baselines", "n_steps", "method", "internal_batch_size", "return_convergence_delta",
+                       "tolerance", "max_evals")
         elif isinstance(inner, Saliency):
             allowed = ("abs",)
         else:
@@ -662,7 +671,8 @@ class NoiseTunnel:
         if isinstance(inner, IntegratedGradients):
             base_kw = inner._ig_kwargs(xs, None, base_kw.get("n_steps", 50), base_kw.get("method", "gausslegendre"),
                                        base_kw.get("internal_batch_size"),
-                                       base_kw.get("return_convergence_delta", False))
+                                       base_kw.get("return_convergence_delta", False),
+                                       base_kw.get("tolerance"), base_kw.get("max_evals"))
             inner_batch = base_kw.pop("batch_size")
             return_delta = base_kw["return_delta"]
             base_kw.pop("baselines")

@@ -59,6 +59,12 @@ from .targets import ResolvedTarget
 # rows as long as they hold at most 2**21 elements (~200 MB of resnet18
 # activations). And a batch of at most 2**21 elements is never split into
 # uneven passes (B=4 at 224x224: 4 rows, not 3 + 1).
+# Forward-only passes (perturbation, causal, metrics) keep no activations for
+# a backward, and the raise to 8 rows only costs cache (no-grad forward,
+# ms/row, 3 interleaved rounds, 2 cores): resnet18 at 3x224x224 22.5 at 3 rows
+# vs 23.8 at 8; a U-Net at 3x256x256 18.5 at 2 rows vs 26.2 at 8 (the causal
+# ATE benchmark); the 3x128x128 U-Net and 3x64x64 CNN were flat around their
+# 2**19-element row counts. So forward-only passes stop at 2**19 elements.
 # CUDA: IG on torchvision resnet50 (B=32, 3x224x224, n_steps=32) ran 1.47x
 # its model limit on an H100 at the old 2**23 elements (55 rows/pass). On an
 # H200 (benchmarks/RESULTS.md) it ran at 1.15x / 1.07x / 1.04x / 1.01x the
@@ -100,7 +106,7 @@ def memory_budget(max_memory: int | None):
         _MEMORY_BUDGET.reset(token)
 
 
-def default_batch_size(inputs: Tensor, max_memory: int | None = None) -> int:
+def default_batch_size(inputs: Tensor, max_memory: int | None = None, forward_only: bool = False) -> int:
     """Rows per forward pass when ``batch_size=None``: the one batch-size rule.
 
     Bounded by input elements per pass (on CUDA ``2**25`` and a quarter of the
@@ -108,7 +114,8 @@ def default_batch_size(inputs: Tensor, max_memory: int | None = None) -> int:
     peak memory does not grow with the number of points or samples.
     On the CPU it is raised to 8 rows, and to the batch size B, as long as those
     rows hold at most ``2**21`` elements (a batch that fits is not split into
-    uneven passes). A memory budget (``max_memory`` bytes, else the one set by
+    uneven passes); not for ``forward_only`` passes (no backward), which stay at
+    ``2**19`` elements (or B rows, if B rows hold at most ``2**21``). A memory budget (``max_memory`` bytes, else the one set by
     :func:`memory_budget`) caps the rows at ``max_memory // (512 x elements)``.
     Always between 1 and 512."""
     per_sample = max(1, math.prod(inputs.shape[1:]))
@@ -120,7 +127,8 @@ def default_batch_size(inputs: Tensor, max_memory: int | None = None) -> int:
     else:
         rows = _CPU_ELEMENTS // per_sample
         fits = _CPU_MAX_ELEMENTS // per_sample
-        rows = max(rows, min(_CPU_MIN_ROWS, fits))
+        if not forward_only:
+            rows = max(rows, min(_CPU_MIN_ROWS, fits))
         if inputs.shape[0] <= fits:
             rows = max(rows, inputs.shape[0])
     if budget is not None:
@@ -128,10 +136,10 @@ def default_batch_size(inputs: Tensor, max_memory: int | None = None) -> int:
     return max(1, min(_MAX_ROWS, rows))
 
 
-def check_batch_size(batch_size, inputs: Tensor, name: str = "batch_size") -> int:
+def check_batch_size(batch_size, inputs: Tensor, name: str = "batch_size", forward_only: bool = False) -> int:
     """``batch_size`` validated, or :func:`default_batch_size` for ``None``."""
     if batch_size is None:
-        return default_batch_size(inputs)
+        return default_batch_size(inputs, forward_only=forward_only)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int):
         raise TypeError(f"fastattr: {name} must be None or an int, got {type(batch_size).__name__}")
     if batch_size < 1:
@@ -390,7 +398,7 @@ def scores(model, target: ResolvedTarget, tiles: list[Tile], build: Build) -> It
 
 def forward_scores(model, inputs: Tensor, target: ResolvedTarget, batch_size: int | None = None) -> Tensor:
     """The target score of every sample of ``inputs`` itself (no gradient), (B,)."""
-    batch_size = check_batch_size(batch_size, inputs)
+    batch_size = check_batch_size(batch_size, inputs, forward_only=True)
     out = None
     for tile, s in scores(model, target, plan(inputs.shape[0], 1, batch_size), lambda t: inputs[t.s0:t.s1]):
         if out is None:

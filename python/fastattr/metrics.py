@@ -207,7 +207,7 @@ def causal_curve(mode: str, model, inputs: Tensor, saliency: Tensor, target: Tar
         substrate = "zeros" if mode == "deletion" else "blur"
     sub = make_substrate(substrate, x, center)
     scored = with_activation(model, activation)
-    batch_size = engine.check_batch_size(batch_size, x)
+    batch_size = engine.check_batch_size(batch_size, x, forward_only=True)
     target = resolve(scored, x, target, batch_size)  # None: each image's top class on the original
     ranks = ops.saliency_ranks(sal)
     n_points = -(-x.shape[2] * x.shape[3] // step) + 1

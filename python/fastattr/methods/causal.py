@@ -391,7 +391,8 @@ def causal_ate(model, inputs: Tensor, ground_truth: Tensor, roi, block=8, patch_
             n_samples))`` int64 per image (a list of pairs for B > 1); NB is the
             number of cells outside the RoI, row-major; the full rows of cells
             that fail screening are not used.
-        batch_size: rows per forward pass (``None``: the engine's default).
+        batch_size: rows per forward pass (``None``: the engine's forward-only default, and at least
+            ``n_screen`` in ``mode="patches"``, so that a cell's screening is one pass).
         activation: ``None`` (raw scores), ``"sigmoid"`` or ``"softmax"``.
         empty_is_one: an empty prediction with an empty ground truth scores
             100 instead of the reference's 0.
@@ -412,7 +413,13 @@ def causal_ate(model, inputs: Tensor, ground_truth: Tensor, roi, block=8, patch_
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 0:
         raise ValueError(f"fastattr: tau must be a finite number >= 0, got {tau!r}")
     _check_generator(generator)
-    batch_size = engine.check_batch_size(batch_size, x)
+    rows_given = batch_size is not None
+    batch_size = engine.check_batch_size(batch_size, x, forward_only=True)
+    if not rows_given and mode == "patches":
+        # At least one cell's screening draws per pass, as the reference runs
+        # them: a smaller default (2 rows at 3x256x256) would split each
+        # screening into two passes.
+        batch_size = max(batch_size, n0)
     roi = roi_masks(roi, b, (h, w), x.device)
     if mode == "patches":
         bank = _check_bank(patch_bank, c, (bh, bw), x.dtype, x.device)
@@ -553,7 +560,7 @@ def component_ate(model, inputs: Tensor, ground_truth: Tensor, roi, layers: Sequ
             raise ValueError(f"fastattr: intervention='resample' needs reference_inputs (N, {c}, {h}, {w}), got "
                              f"{getattr(reference_inputs, 'shape', reference_inputs)}")
     _check_generator(generator)
-    batch_size = engine.check_batch_size(batch_size, x)
+    batch_size = engine.check_batch_size(batch_size, x, forward_only=True)
     rois = roi_masks(roi, b, (h, w), x.device)
     act = "none" if activation is None else activation
     state = {}  # the hook's view of the pass in flight

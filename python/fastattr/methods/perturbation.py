@@ -208,7 +208,7 @@ def rise(model, inputs: Tensor, target: Target = None, n_masks: int | None = Non
     n = grids.shape[0]
     model = with_activation(model, activation)
     base = check_baselines(baselines, x).detach()
-    batch_size = engine.check_batch_size(batch_size, x)
+    batch_size = engine.check_batch_size(batch_size, x, forward_only=True)
     target = resolve(model, x, target, batch_size)
     grids = grids.to(device=x.device, dtype=_accumulation_dtype(x.dtype))
     shifts = shifts.to(x.device)
@@ -331,7 +331,7 @@ def mfpp(model, inputs: Tensor, target: Target = None, n_masks: int = 20000, n_l
     pyramids = _mfpp_pyramids(x, segments, n_levels, base_segments, compactness, sigma)
     model = with_activation(model, activation)
     base = check_baselines(baselines, x).detach()
-    batch_size = engine.check_batch_size(batch_size, x)
+    batch_size = engine.check_batch_size(batch_size, x, forward_only=True)
     target = resolve(model, x, target, batch_size)
     acc = _accumulation_dtype(x.dtype)
     draw_of = torch.arange(n, device=x.device) // per_draw
@@ -505,7 +505,7 @@ def _occlusion(model, inputs: Tensor, target: Target = None, sliding_window_shap
     counts = occlusion_windows(shape, window, strides)
     n = math.prod(counts)
     base = check_baselines(baselines, x).detach()
-    batch_size = engine.check_batch_size(batch_size, x)
+    batch_size = engine.check_batch_size(batch_size, x, forward_only=True)
     target = resolve(model, x, target, batch_size)
     f0 = engine.forward_scores(model, x, target, batch_size)
 
@@ -560,7 +560,7 @@ def feature_ablation(model, inputs: Tensor, target: Target = None, feature_mask:
     ids, segments = torch.unique(segments, return_inverse=True)
     n = ids.numel()
     base = check_baselines(baselines, x).detach()
-    batch_size = engine.check_batch_size(batch_size, x)
+    batch_size = engine.check_batch_size(batch_size, x, forward_only=True)
     target = resolve(model, x, target, batch_size)
     f0 = engine.forward_scores(model, x, target, batch_size)
     acc = _accumulation_dtype(x.dtype)
