@@ -866,3 +866,35 @@ def test_a_shard_of_only_unreadable_images(tmp_path, fmt):
     assert [s["shard"] for s in results.skipped] == [f"shards/shard-00000.{fmt}"] + [f"shards/shard-00001.{fmt}"] * 2
     torch.testing.assert_close(results.attributions(), direct_saliency(data / "a.png")[None])
     assert frun(fjob(out, data, on_error="skip", shard_size=2, format=fmt)).shards_computed == 0
+
+
+def test_mask_files_are_never_images(tmp_path):
+    """NAME.mask.png files beside the images are not attributed whatever --target is."""
+    data = seg_folder(tmp_path / "d")
+    seg_run(tmp_path / "o", data, "auto")
+    assert Results(tmp_path / "o").ids() == ["s0.png", "s1.png", "s2.png"]
+
+
+def test_empty_target_region_is_warned(tmp_path, capsys):
+    """A class no pixel is predicted as gives an all-zero map: said on stderr, recorded as pixels 0."""
+    data = seg_folder(tmp_path / "d")
+    model = tiny_seg3()
+    with torch.no_grad():  # a class that wins no pixel of any image: bias it far down
+        model[2].bias[1] = -1e4
+    cfg = JobConfig(model="seg3", data=str(data), method="saliency", out=str(tmp_path / "o"), target="1",
+                    input_size=(8, 8), shard_size=2, batch_size=2, threads=1, quiet=False)
+    run_job(cfg, model=model, task="segmentation")
+    err = capsys.readouterr().err
+    assert "has no pixel in 2 image(s), e.g. s0.png" in err and "all zero" in err
+    r = Results(tmp_path / "o")
+    assert all(r[i].record["target"]["pixels"] == 0 and not r[i].attribution.any() for i in r.ids())
+
+
+def test_jobs_reachable_from_the_package():
+    """README: fastattr.jobs.Results(OUT) after a plain `import fastattr`."""
+    import subprocess
+    import sys
+
+    code = "import fastattr; print(fastattr.jobs.Results.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "Results"

@@ -95,6 +95,21 @@ def test_missing_batch_dimension(name, target):
     assert "inputs.unsqueeze(0)" in msg
 
 
+@pytest.mark.parametrize("name", ["saliency", "input_x_gradient", "guided_backprop", "deconvnet",
+                                  "integrated_gradients"])
+def test_missing_batch_dimension_through_batch_norm(name):
+    """A convolution takes (C, H, W) as one unbatched image; the batch norm after
+    it then raises torch's ValueError ("expected 4D input"): explained too."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 5)).eval()
+    with pytest.raises(ValueError) as e:
+        getattr(fastattr, name)(model, torch.rand(3, 16, 16), target=0)
+    msg = str(e.value)
+    assert "inputs must have a batch dimension" in msg and "inputs.unsqueeze(0)" in msg, msg
+    assert "(16, 16)" in msg and "3-D" in msg, msg
+
+
 def test_missing_batch_dimension_without_a_model_error():
     # The convolution accepts (C, H, W) as one unbatched image and the model returns
     # one row for three "samples": the batch check names the cause too.

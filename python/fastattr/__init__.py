@@ -34,3 +34,13 @@ from . import metrics  # noqa: E402,F401  (deletion, insertion, pointing game)
 from . import data, models  # noqa: E402,F401  (bundled data sets and models)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # fastattr.jobs (the job runner's library side: Results, run) on first use,
+    # so that `import fastattr` stays light.
+    if name == "jobs":
+        import importlib
+
+        return importlib.import_module(".jobs", __name__)
+    raise AttributeError(f"module 'fastattr' has no attribute {name!r}")

@@ -274,7 +274,7 @@ def check_model(model, inputs: Tensor) -> None:
             return
 
 
-def _explain_failure(model, batch: Tensor, error: RuntimeError) -> Exception | None:
+def _explain_failure(model, batch: Tensor, error: Exception) -> Exception | None:
     """A clearer error for a model that raised on ``batch`` (the rows of one
     tile, each shaped like a sample of ``inputs``), or None when no cause is
     known. Only runs after the model failed: no cost on the hot path."""
@@ -316,7 +316,7 @@ def model_output(model, batch: Tensor) -> Tensor:
     dimension); the original error is chained."""
     try:
         out = model(batch)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:  # batch norm raises ValueError on a missing batch dimension
         better = _explain_failure(model, batch, e)
         if better is None:
             raise

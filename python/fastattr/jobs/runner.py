@@ -617,6 +617,13 @@ def _run_shard(cfg, k, indices, n_batches, batches, model, fn, call_options, gen
                 continue
             x = batch["image"].to(device=device, dtype=dtype)
             target, target_records = policy.resolve(model, x, batch["label"], batch["mask"])
+            empty = [batch["id"][j] for j, r in enumerate(target_records)
+                     if isinstance(r, dict) and r.get("pixels") == 0]
+            if empty and not cfg.quiet:
+                # An empty region scores 0 whatever the input: its map is all zero.
+                print(f"fastattr: warning: the target region ({target_records[0].get('kind')}) has no pixel in "
+                      f"{len(empty)} image(s), e.g. {empty[0]}; their maps are all zero (recorded as pixels: 0)",
+                      file=sys.stderr, flush=True)
             try:
                 a = fn(model, x, target=target, **options)
             except (ValueError, TypeError) as e:

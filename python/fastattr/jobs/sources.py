@@ -30,6 +30,8 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 BUNDLED_PREFIX = "bundled:"
 RESIZE_MODES = ("crop", "stretch")
+# Mask files (--target mask): NAME.mask.png beside NAME.EXT; never taken as images.
+MASK_SUFFIX = ".mask.png"
 # Transparent pixels are composited onto this colour before the alpha channel is dropped.
 BACKGROUND = (255, 255, 255)
 
@@ -71,8 +73,8 @@ class ImageFolderSource(torch.utils.data.Dataset):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
                                  and (skip is None or Path(dirpath, d).resolve() != skip))
             for name in names:
-                if mask_suffix is not None and name.lower().endswith(mask_suffix):
-                    continue  # a mask, not an image
+                if name.lower().endswith(MASK_SUFFIX):
+                    continue  # a mask, not an image (whatever --target is)
                 if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
                     files.append(Path(dirpath, name).relative_to(self.root).as_posix())
         self.files = sorted(files)

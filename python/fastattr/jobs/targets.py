@@ -37,12 +37,11 @@ import torch
 from torch import Tensor
 
 from ..targets import region
+from .sources import MASK_SUFFIX
 from .spec import JobError
 
 SPECIAL = ("auto", "pred", "label")
 SEGMENTATION_ONLY = ("mask",)
-# Mask files of --target mask: NAME.mask.png beside NAME.EXT.
-MASK_SUFFIX = ".mask.png"
 
 
 def foreground_weights(output: Tensor) -> Tensor:
