@@ -898,3 +898,10 @@ def test_jobs_reachable_from_the_package():
     code = "import fastattr; print(fastattr.jobs.Results.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "Results"
+
+
+def test_log_lines_count_one_image_in_the_singular(tmp_path, capsys):
+    data = folder(tmp_path / "d", ["a.png"])
+    frun(fjob(tmp_path / "o", data, quiet=False))
+    err = capsys.readouterr().err
+    assert "1 image computed" in err and "1 images" not in err, err

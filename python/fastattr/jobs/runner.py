@@ -77,6 +77,10 @@ class JobResult:
         return self.images_computed / self.seconds if self.seconds > 0 else float("nan")
 
 
+def _images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
 def _log(cfg: JobConfig, ctx, msg: str) -> None:
     if not cfg.quiet and ctx.is_main:
         print(f"fastattr: {msg}", file=sys.stderr, flush=True)
@@ -523,9 +527,10 @@ def run_job(cfg: JobConfig, *, model: torch.nn.Module | None = None, model_desc:
         todo = sum(len(idx) for _, idx in mine)
         done_before = n - sum(len(idx) for _, idx in plan)
         if ctx.is_main:
-            what = f"{n} images, shards of {cfg.shard_size}"
+            what = f"{_images(n)}, shards of {cfg.shard_size}"
             if kept:
-                what += f"; resuming: {done_before} images already done in {len(kept)} shards"
+                what += (f"; resuming: {_images(done_before)} already done (computed, or skipped as unreadable) "
+                         f"in {len(kept)} shards")
             _log(cfg, ctx, f"{cfg.method} on {cfg.model} ({task}): {what} -> {out}")
 
         counting = CountingModel(model)
@@ -567,10 +572,11 @@ def run_job(cfg: JobConfig, *, model: torch.nn.Module | None = None, model_desc:
             if ctx.is_main:
                 manifest = _merge_manifest(out, header, store, identities, ctx.world_size)
                 rate = f" ({total_done / seconds:.1f} img/s)" if total_done and seconds > 0 else ""
-                skipped_note = (f"; {manifest['num_skipped']} unreadable images skipped (listed in the manifest)"
+                skipped_note = (f"; {manifest['num_skipped']} unreadable "
+                                f"{'image' if manifest['num_skipped'] == 1 else 'images'} skipped (listed in the manifest)"
                                 if manifest["num_skipped"] else "")
-                _log(cfg, ctx, f"{total_done} images computed in {seconds:.1f} s{rate}; "
-                               f"{manifest['num_images']} images in {manifest_path}{skipped_note}")
+                _log(cfg, ctx, f"{_images(total_done)} computed in {seconds:.1f} s{rate}; "
+                               f"{_images(manifest['num_images'])} in {manifest_path}{skipped_note}")
                 if manifest.get("metrics"):
                     means = ", ".join(f"{k} {v['mean']:.4f}" for k, v in manifest["metrics"].items())
                     _log(cfg, ctx, f"metrics over {manifest['num_images']} images (means): {means}")
