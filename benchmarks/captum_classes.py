@@ -43,6 +43,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import e2e  # noqa: E402  (peak_growth_mib)
 
 
 def cnn() -> nn.Module:
@@ -128,30 +131,8 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _proc_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
-
-
 def measure_peak_here(name, setting, impl, device) -> float:
-    fn = runner(name, setting, impl, device)
-    if torch.device(device).type == "cuda":
-        fn()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    fn()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base_kb = _proc_kb("VmRSS")
-    fn()
-    return (_proc_kb("VmHWM") - base_kb) / 1024
+    return e2e.peak_growth_mib(runner(name, setting, impl, device), device, warmup=True)
 
 
 def peak_memory_mb(name, setting, impl, device) -> float:

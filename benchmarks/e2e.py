@@ -250,16 +250,31 @@ def peak_memory_mb(case_name: str, method: str, impl: str, device: str) -> float
 
 def _measure_peak_here(case_name, method, impl, device) -> float:
     case = CASES[case_name]
-    fn = make_runner(case, method, impl, device)
-    if torch.device(device).type == "cuda":
+    return peak_growth_mib(make_runner(case, method, impl, device), device)
+
+
+def peak_growth_mib(fn, device, warmup: bool = False) -> float:
+    """Peak memory growth (MiB) of one call of ``fn`` over what is held before it.
+
+    CUDA: ``max_memory_allocated`` over ``memory_allocated``. CPU: this
+    process's VmHWM over its VmRSS (VmHWM is the process's own high-water
+    mark; ru_maxrss would carry the parent's across fork+exec). With
+    ``warmup``, ``fn`` runs once first, so that one-time costs (thread pools,
+    lazy library initialisation) are not counted, and on the CPU VmHWM is reset
+    to the current RSS by writing 5 to /proc/self/clear_refs (Linux >= 4.0)."""
+    cuda = torch.device(device).type == "cuda"
+    if warmup:
+        fn()
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    # VmHWM is this process's own high-water mark (ru_maxrss would carry the
-    # parent's across fork+exec).
+    if warmup:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
     base_kb = _proc_status_kb("VmRSS")
     fn()
     return (_proc_status_kb("VmHWM") - base_kb) / 1024

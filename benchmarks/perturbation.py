@@ -159,23 +159,8 @@ def peak_memory_mb(kind: str, case: str, arg: str, impl: str, device: str) -> fl
 
 def _measure_peak_here(kind, case, arg, impl, device) -> float:
     fn = rise_runner(case, int(arg), impl, device) if kind == "rise" else ablation_runner(arg, case, impl, device)
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    # A warm-up call first, then the peak of a second call over the memory
-    # held after the first: one-time costs (thread pools, lazy library
-    # initialisation) are not the method's. Writing 5 to clear_refs resets
-    # VmHWM to the current RSS (Linux >= 4.0).
-    fn()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base_kb = e2e._proc_status_kb("VmRSS")
-    fn()
-    return (e2e._proc_status_kb("VmHWM") - base_kb) / 1024
+    # CPU: a warm-up call first (one-time costs are not the method's); CUDA: none.
+    return e2e.peak_growth_mib(fn, device, warmup=torch.device(device).type != "cuda")
 
 
 def _med(v):
