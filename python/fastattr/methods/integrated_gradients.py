@@ -37,6 +37,17 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _prepare(model, inputs, target, baselines, batch_size, return_delta):
+    """The arguments every path integral shares, checked (the target resolved
+    last: ``target=None`` costs a forward pass): ``(x, x', batch_size, target)``."""
+    x = check_inputs(inputs).detach()
+    xb = check_baselines(baselines, x).detach()
+    batch_size = engine.check_batch_size(batch_size, x)
+    if not isinstance(return_delta, bool):
+        raise TypeError(f"fastattr: return_delta must be a bool, got {type(return_delta).__name__}")
+    return x, xb, batch_size, resolve(model, x, target, batch_size)
+
+
 def _path_integral(model, inputs, target, baselines, n_steps, method, batch_size, return_delta,
                    context: GuidedMode | None, multiply_by_inputs: bool = True, tolerance=None, max_evals=None,
                    nodes=None):
@@ -53,13 +64,8 @@ def _path_integral(model, inputs, target, baselines, n_steps, method, batch_size
         given = ", ".join(k for k, v in (("tolerance", tolerance), ("max_evals", max_evals)) if v is not None)
         raise ValueError(f"fastattr: {given} only apply to method='adaptive', got method={method!r}; "
                          f"drop {given} or pass method='adaptive'")
-    x = check_inputs(inputs).detach()
-    xb = check_baselines(baselines, x).detach()
     alphas, weights = nodes_and_weights(method, n_steps) if nodes is None else nodes
-    batch_size = engine.check_batch_size(batch_size, x)
-    if not isinstance(return_delta, bool):
-        raise TypeError(f"fastattr: return_delta must be a bool, got {type(return_delta).__name__}")
-    target = resolve(model, x, target, batch_size)
+    x, xb, batch_size, target = _prepare(model, inputs, target, baselines, batch_size, return_delta)
 
     acc = _accumulation_dtype(x.dtype)
     # Nodes and weights live on the device, in the kernels' arithmetic precision
@@ -196,14 +202,9 @@ def _split(a: Tensor, size: Tensor, k: int) -> Tensor:
 
 def _adaptive(model, inputs, target, baselines, tolerance, max_evals, batch_size, return_delta,
               context: GuidedMode | None, select: str = "residual", multiply_by_inputs: bool = True) -> AdaptiveResult:
-    x = check_inputs(inputs).detach()
-    xb = check_baselines(baselines, x).detach()
     tol = _check_tolerance(tolerance)
     budget = _check_max_evals(max_evals)
-    batch_size = engine.check_batch_size(batch_size, x)
-    if not isinstance(return_delta, bool):
-        raise TypeError(f"fastattr: return_delta must be a bool, got {type(return_delta).__name__}")
-    resolved = resolve(model, x, target, batch_size)
+    x, xb, batch_size, resolved = _prepare(model, inputs, target, baselines, batch_size, return_delta)
 
     n_images = x.shape[0]
     per_image = budget * max(1, x[0].numel())
