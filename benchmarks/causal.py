@@ -1,7 +1,7 @@
 """Causal ATE (PdCR, spec §2.3) end to end: fastattr.causal_ate against the
 reference-style loop and the bare model-forward time.
 
-    python benchmarks/causal.py [--size 128] [--model bundled|random] [--n-samples 50] [--rounds 3]
+    python benchmarks/causal.py [--size 128] [--model bundled|random] [--n-samples 50] [--rounds 3] [--paired]
 
 - "fastattr": ``fastattr.causal_ate`` (patches mode, n_screen 3, tau 0.02,
   block 8, 32x32 RoI on the image's largest lesion) at its default batch size,
@@ -17,6 +17,11 @@ reference-style loop and the bare model-forward time.
 - "time in the model's forward": the share of each call spent inside the
   model's forward passes (timed around each pass); the rest is the
   implementation's own overhead.
+- ``--paired``: fastattr and the reference loop, every pass each makes paired
+  with a bare pass of the same row count on the image (alternating which runs
+  first): each call's own time (the call less the bare passes) over the bare
+  passes' time, measured pass by pass under the same machine conditions, which
+  a drifting load cannot bias; and fastattr's own time over the loop's.
 Data: the bundled lesions test image 0 and its mask (bilinearly / nearest
 up-sampled for --size 256), a bank of 100 patches from each of 10 training
 images. Model: the bundled lesions U-Net, or the same architecture randomly
@@ -60,6 +65,73 @@ class Counting(torch.nn.Module):
         self.sync()
         self.seconds += time.perf_counter() - t0
         return out
+
+
+class Paired(torch.nn.Module):
+    """Runs, next to each of the model's passes, a bare pass of the same row count
+    on the image itself (rows of one pre-made tensor), alternating which goes
+    first, and times both: the bare model's time for the same passes measured
+    under the same machine conditions, pass by pass (robust to load drifting
+    between calls)."""
+
+    def __init__(self, model, sync, image):
+        super().__init__()
+        self.model, self.sync, self.image = model, sync, image
+        self.rows_of_x = image[:0]
+        self.inside = self.bare = 0.0
+        self.passes = 0
+
+    def _timed(self, x):
+        self.sync()
+        t0 = time.perf_counter()
+        out = self.model(x)
+        self.sync()
+        return out, time.perf_counter() - t0
+
+    def forward(self, x):
+        n = x.shape[0]
+        if self.rows_of_x.shape[0] < n:
+            self.rows_of_x = self.image.expand(n, *self.image.shape[1:]).contiguous()
+        with torch.no_grad():
+            if self.passes % 2:
+                _, bare = self._timed(self.rows_of_x[:n])
+            out, inside = self._timed(x)
+            if not self.passes % 2:
+                _, bare = self._timed(self.rows_of_x[:n])
+        self.passes += 1
+        self.inside += inside
+        self.bare += bare
+        return out
+
+
+def paired(model, x, gt, box, bank, n0, n1, tau, seed, sync, rounds):
+    """fastattr and the reference loop, each call's own time (the call less the
+    bare passes run inside it) over the bare passes' time, interleaved per round."""
+    impls = {
+        "fastattr": lambda m: causal_ate(m, x, gt, box, patch_bank=bank, n_screen=n0, n_samples=n1, tau=tau).map[0, 0],
+        "reference loop": lambda m: reference_loop(m, x, gt, box, bank, n0, n1, tau, seed),
+    }
+    print("| round | impl | passes | own time (s) | bare model, same passes (s) | own / bare | its passes in the "
+          "model (s) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    own, ratios, maps = {k: [] for k in impls}, {k: [] for k in impls}, {}
+    for r in range(rounds):
+        for name, fn in impls.items():
+            wrapper = Paired(model, sync, x)
+            torch.manual_seed(seed)
+            sync()
+            t0 = time.perf_counter()
+            maps[name] = fn(wrapper)
+            sync()
+            own[name].append(time.perf_counter() - t0 - wrapper.bare)
+            ratios[name].append(own[name][-1] / wrapper.bare)
+            print(f"| {r} | {name} | {wrapper.passes} | {own[name][-1]:.2f} | {wrapper.bare:.2f} | "
+                  f"{ratios[name][-1]:.3f} | {wrapper.inside:.2f} |", flush=True)
+    diff = float((maps["fastattr"] - maps["reference loop"]).abs().max())
+    speed = [a / b for a, b in zip(own["fastattr"], own["reference loop"])]
+    print(f"\nmedians over {rounds} rounds: fastattr own / bare {statistics.median(ratios['fastattr']):.3f}, "
+          f"reference loop own / bare {statistics.median(ratios['reference loop']):.3f}, fastattr / reference loop "
+          f"{statistics.median(speed):.3f}; max |map difference| {diff:.3g}")
 
 
 def _vm(key: str) -> int:
@@ -165,11 +237,15 @@ def main():
     ap.add_argument("--n-samples", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--paired", action="store_true",
+                    help="each pass paired with a bare pass of the same size (see Paired)")
     args = ap.parse_args()
     device = torch.device(args.device)
     model, x, gt, box, bank = problem(args.size, args.model, device)
     n0, n1, tau, seed = 3, args.n_samples, 0.02, 42
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if args.paired:
+        return paired(model, x, gt, box, bank, n0, n1, tau, seed, sync, args.rounds)
     counting = Counting(model, sync)
     batch_size = fastattr.engine.default_batch_size(x, forward_only=True)
 
