@@ -1,6 +1,7 @@
 """Adaptive integrated gradients against Captum's fixed rules: accuracy versus model evaluations (issue 14).
 
     python benchmarks/adaptive_ig.py [--images 24] [--gnl-images 8] [--resnet18-images 0] [--threads 1]
+                                     [--oracle-images 0]
                                      [--models shapes-vgg,shapes-resnet]
                                      [--cache /tmp/fastattr-adaptive-ig]
 
@@ -18,11 +19,20 @@ data set; target: the model's top class; baseline: zeros):
   around the model, equivalent evaluations per image = fb + c * f with c the
   measured forward / forward+backward time ratio at the benchmark's batch size,
   and wall time per call (all images in one call, the same batch_size);
-- **sweep**: ``gausslegendre``, ``riemann_middle``, ``riemann_trapezoid`` at 4..64
+- **sweep**: ``gausslegendre``, ``riemann_middle``, ``riemann_trapezoid`` at 4..128
   nodes and Gauss-Legendre at 50 (Captum's default); ``adaptive`` with
-  ``tolerance=0`` at budgets 6..64 and with tolerances at a budget of 17;
+  ``tolerance=0`` at budgets 9..128 (``select="residual"``) and 17..64
+  (``select="jump"``), and with tolerances at a budget of 64;
 - **per-model schedule** (an alternative of the issue): node density fitted once per model on 8
   other test images (adaptive select="jump" at 64 nodes), used as a fixed midpoint rule at 16..32;
+- **forward-only pilot** (the issue's other alternative): F at P uniform nodes by
+  forward passes only, node density ~ (|second difference of F|)^(1/3), a midpoint
+  rule of n equal-mass cells per image; P forward rows count c each;
+- **equal accuracy**: per family, the fewest equivalent evaluations whose median and
+  p90 errors are both at most GL-50's, on the delta and on L2;
+- **hindsight oracle** (``--oracle-images N``): from N images' gradients at 2048
+  midpoint nodes, the best midpoint rule of n cells (edges on a 1/128 grid) found by
+  dynamic programming knowing the whole path: what no placement of n nodes beats;
 - **paired comparison**: per image, adaptive at <= 17 evaluations against
   Gauss-Legendre n = 50 (fraction of images where adaptive's error is at most
   GL-50's, and a sign test p-value).
@@ -59,12 +69,18 @@ from fastattr.targets import resolve
 ig_module = importlib.import_module("fastattr.methods.integrated_gradients")
 
 FIXED_RULES = ("gausslegendre", "riemann_middle", "riemann_trapezoid")
-BUDGETS = (4, 8, 16, 32, 64)
-ADAPTIVE_BUDGETS = (9, 13, 17, 25, 33, 49, 64)
+BUDGETS = (4, 8, 16, 32, 64, 128)
+ADAPTIVE_BUDGETS = (9, 13, 17, 25, 33, 49, 64, 128)
 ADAPTIVE_TOLS = (0.03, 0.01, 0.003)
-JUMP_BUDGETS = (17, 25, 33, 49)
+JUMP_BUDGETS = (17, 25, 33, 49, 64)
 SCHEDULE_BUDGETS = (16, 24, 32)
 FIT_IMAGES = 8
+# Forward-only pilot (an alternative of the issue): (pilot forward passes, gradient nodes)
+# per image, about 17, 17 and 33 equivalent evaluations at c ~ 0.42.
+PILOTS = ((9, 13), (17, 10), (17, 26))
+# Hindsight oracle: cells on a grid of 1/ORACLE_GRID, from ORACLE_FINE midpoint-node gradients.
+ORACLE_FINE, ORACLE_GRID = 2048, 128
+ORACLE_BUDGETS = (8, 12, 16, 17, 24, 32, 48, 64)
 
 
 class Counting(torch.nn.Module):
@@ -230,6 +246,143 @@ def scheduled(quantile, n):
     return fn
 
 
+def _equal_mass_cells(density: torch.Tensor, n: int):
+    """Midpoint-rule nodes and weights of ``n`` cells of equal mass under a
+    piecewise-constant ``density`` on equal cells of [0, 1]."""
+    bins = density.numel()
+    cdf = torch.cat([torch.zeros(1, dtype=torch.float64), (density / density.sum()).cumsum(0)])
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+    u = torch.linspace(0, 1, n + 1, dtype=torch.float64)
+    i = (torch.searchsorted(cdf, u, right=True) - 1).clamp(0, bins - 1)
+    e = edges[i] + (u - cdf[i]) / (cdf[i + 1] - cdf[i]) * (edges[i + 1] - edges[i])
+    e[0], e[-1] = 0.0, 1.0
+    return ((e[1:] + e[:-1]) / 2).tolist(), (e[1:] - e[:-1]).tolist()
+
+
+def pilot(n_pilot: int, n_nodes: int, floor: float = 0.1):
+    """The issue's forward-only pilot: F at ``n_pilot`` uniform nodes (forward only,
+    zero baseline), a kink density per pilot cell from |second differences of F|
+    (+ ``floor`` x their mean, so no cell is empty), node density ~ kink density^(1/3)
+    (the spacing that minimises sum(kinks x width^2), the midpoint rule's error for
+    jumps at random places), then a midpoint rule of ``n_nodes`` equal-mass cells,
+    per image."""
+    def fn(model, x, t, batch_size):
+        a = torch.linspace(0, 1, n_pilot, dtype=x.dtype)
+        rows = (a[None, :, None, None, None] * x[:, None]).flatten(0, 1)
+        with torch.no_grad():
+            out = torch.cat([model(rows[i:i + batch_size]) for i in range(0, rows.shape[0], batch_size)])
+        f = out.view(x.shape[0], n_pilot, -1).gather(2, t.view(-1, 1, 1).expand(-1, n_pilot, 1))[..., 0].double()
+        d2 = (f[:, 2:] - 2 * f[:, 1:-1] + f[:, :-2]).abs()
+        d2 = torch.cat([d2[:, :1], d2, d2[:, -1:]], dim=1)  # at the path's ends: the neighbour's
+        kinks = (d2[:, 1:] + d2[:, :-1]) / 2
+        kinks = kinks + floor * kinks.mean(1, keepdim=True) + 1e-30
+        attr = []
+        for i in range(x.shape[0]):
+            nodes = _equal_mass_cells(kinks[i] ** (1 / 3), n_nodes)
+            attr.append(ig_module._path_integral(model, x[i:i + 1], t[i:i + 1], None, n_nodes, None, batch_size,
+                                                 False, None, nodes=nodes))
+        return torch.cat(attr)
+    return fn
+
+
+def oracle_bound(b: "Bench", n_img: int):
+    """Hindsight oracle (why no node placement reaches GL-50's L2 at 17 nodes): per
+    image, the gradients at ORACLE_FINE midpoint nodes (their mean is the reference);
+    among midpoint rules whose cells have edges on a 1/ORACLE_GRID grid (node: the
+    fine node nearest the cell's midpoint), dynamic programming finds the cells that
+    minimise the sum of squared per-cell errors, knowing the whole path. Also: the
+    share of fine intervals on which the gradient changes (the linear pieces the path
+    crosses) and the share of the gradient's total change in alpha < 0.1."""
+    fine, grid = ORACLE_FINE, ORACLE_GRID
+    per = fine // grid
+    key = ("oracle", n_img, fine, grid, ORACLE_BUDGETS)
+    if key not in b.cache:
+        model, x, target = b.model.model, b.x[:n_img], b.target[:n_img]
+        alphas = (torch.arange(fine, dtype=torch.float64) + 0.5) / fine
+        result = {"oracle": {n: [] for n in ORACLE_BUDGETS}, "uniform": {n: [] for n in ORACLE_BUDGETS},
+                  "changes": [], "early": []}
+        for i in range(n_img):
+            parts = []
+            for c in range(0, fine, b.bs):
+                z = (alphas[c:c + b.bs].to(x.dtype)[:, None, None, None] * x[i]).requires_grad_(True)
+                (g,) = torch.autograd.grad(model(z)[:, target[i]].sum(), z)
+                parts.append(g.double().flatten(1))
+            grads = torch.cat(parts) * x[i].double().flatten()  # (x - x') * grad F, zero baseline
+            ref = grads.mean(0)
+            jumps = (grads[1:] - grads[:-1]).norm(dim=1)
+            result["changes"].append((jumps > 1e-7 * grads.norm(dim=1).max()).double().mean().item())
+            result["early"].append((jumps[: fine // 10].sum() / jumps.sum()).item())
+            prefix = torch.cat([torch.zeros(1, grads.shape[1], dtype=grads.dtype), grads.cumsum(0)])
+
+            def node(lo, hi):
+                return torch.clamp(torch.round((lo + hi) / 2 - 0.5).long(), lo, hi - 1)
+
+            cost = torch.full((grid + 1, grid + 1), float("inf"), dtype=torch.float64)
+            for a in range(grid):
+                hi = torch.arange(a + 1, grid + 1) * per
+                lo = torch.full_like(hi, a * per)
+                err = (hi - lo)[:, None].double() * grads[node(lo, hi)] - (prefix[hi] - prefix[lo])
+                cost[a, a + 1:] = (err * err).sum(1)
+
+            def cells_error(cells):
+                lo = torch.tensor([c[0] for c in cells]) * per
+                hi = torch.tensor([c[1] for c in cells]) * per
+                total = ((hi - lo)[:, None].double() * grads[node(lo, hi)]).sum(0) / fine
+                return ((total - ref).norm() / ref.norm()).item()
+
+            for n in ORACLE_BUDGETS:
+                best = torch.full((n + 1, grid + 1), float("inf"), dtype=torch.float64)
+                best[0, 0] = 0
+                arg = torch.zeros((n + 1, grid + 1), dtype=torch.long)
+                for c in range(1, n + 1):
+                    best[c], arg[c] = (best[c - 1][:, None] + cost).min(0)
+                cells, end = [], grid
+                for c in range(n, 0, -1):
+                    start = int(arg[c, end])
+                    cells.append((start, end))
+                    end = start
+                result["oracle"][n].append(cells_error(cells))
+                edges = [round(j * grid / n) for j in range(n + 1)]
+                result["uniform"][n].append(cells_error(list(zip(edges[:-1], edges[1:]))))
+        b.cache[key] = result
+        b.save()
+    r = b.cache[key]
+    print(f"\n#### {b.name}: hindsight oracle on {n_img} images (midpoint rules, cell edges on a 1/{grid} grid, "
+          f"from {fine} midpoint-node gradients per image)\n")
+    print(f"fine intervals on which the gradient changes: median {q(r['changes'], .5):.3f}, "
+          f"min {min(r['changes']):.3f}; share of the gradient's total change at alpha < 0.1: "
+          f"median {q(r['early'], .5):.3f}\n")
+    print("| cells (nodes) | uniform L2 median | uniform L2 p90 | oracle L2 median | oracle L2 p90 |")
+    print("|---|---|---|---|---|")
+    for n in ORACLE_BUDGETS:
+        print(f"| {n} | {q(r['uniform'][n], .5):.3g} | {q(r['uniform'][n], .9):.3g} | "
+              f"{q(r['oracle'][n], .5):.3g} | {q(r['oracle'][n], .9):.3g} |")
+
+
+def equal_accuracy(per_image: dict, labels: dict, c: float, n_img: int):
+    """Per family of settings: the fewest equivalent evaluations whose median and p90
+    errors are both at most GL-50's, on each metric."""
+    gl = per_image[("gausslegendre", 50)]
+    found: dict = {}
+    for key, (d, l2, _, e) in per_image.items():
+        family = labels[key].split(" n=")[0].split(" max=")[0].split(" (")[0]
+        if key == ("gausslegendre", 50):
+            continue
+        evals = (e["fb"] + c * e["f"]) / n_img
+        for name, mine, theirs in (("delta", d, gl[0]), ("L2", l2, gl[1])):
+            ok = q(mine.tolist(), .5) <= q(theirs.tolist(), .5) and q(mine.tolist(), .9) <= q(theirs.tolist(), .9)
+            best = found.setdefault(family, {}).get(name)
+            if ok and (best is None or evals < best):
+                found[family][name] = evals
+    print("\nfewest equivalent evaluations per image at which median and p90 are both <= GL-50's "
+          "(— : not within the sweep):\n")
+    print("| family | delta | L2 |")
+    print("|---|---|---|")
+    for family, v in found.items():
+        cells = [f"{v[m]:.1f}" if m in v else "—" for m in ("delta", "L2")]
+        print(f"| {family} | {cells[0]} | {cells[1]} |")
+
+
 def row(label, evals, metrics):
     cells = [label, f"{evals:.1f}"]
     for m in metrics:
@@ -237,7 +390,7 @@ def row(label, evals, metrics):
     return "| " + " | ".join(cells) + " |"
 
 
-def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int, x_fit=None, quick=False):
+def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int, x_fit=None, quick=False, adaptive_only=False):
     """``quick``: a reduced sweep (resnet18 at 224x224 on the CPU)."""
     budgets = (16, 32) if quick else BUDGETS
     adaptive_budgets = (17, 25, 33) if quick else ADAPTIVE_BUDGETS
@@ -245,9 +398,6 @@ def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int, x_fit=None, 
     n_img = b.x.shape[0]
     print(f"\n### {b.name}: {n_img} images, reference midpoint n={b.ref_n} (checked against n={ref_lo}), "
           f"c = {c:.3f}\n", flush=True)
-    ref = b.run(("ref", b.ref_n), fixed("riemann_middle", b.ref_n))["attr"]
-    ref_lo_attr = b.run(("ref", ref_lo), fixed("riemann_middle", ref_lo))["attr"]
-    ref_err = rel_l2(ref_lo_attr, ref)
     settings = []
     for method in FIXED_RULES:
         for n in budgets + ((50,) if method == "gausslegendre" else ()):
@@ -265,6 +415,18 @@ def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int, x_fit=None, 
                   f"rows, once per model", flush=True)
             for n in SCHEDULE_BUDGETS:
                 settings.append((f"per-model schedule (midpoint) n={n}", ("schedule", n), scheduled(quantile, n)))
+        if not quick:
+            for n_pilot, n_nodes in PILOTS:
+                settings.append((f"forward-only pilot P={n_pilot} n={n_nodes}", ("pilot", n_pilot, n_nodes),
+                                 pilot(n_pilot, n_nodes)))
+    if adaptive_only:  # fill the cache with the adaptive family only (no reference, no tables)
+        for _, key, fn in settings:
+            if key[0] not in FIXED_RULES:
+                b.run(key, fn)
+        return {}
+    ref = b.run(("ref", b.ref_n), fixed("riemann_middle", b.ref_n))["attr"]
+    ref_lo_attr = b.run(("ref", ref_lo), fixed("riemann_middle", ref_lo))["attr"]
+    ref_err = rel_l2(ref_lo_attr, ref)
     rows, per_image = [], {}
     for label, key, fn in settings:
         e = b.run(key, fn)
@@ -289,17 +451,20 @@ def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int, x_fit=None, 
               "| adaptive median | GL50 median | adaptive p90 | GL50 p90 |")
         print("|---|---|---|---|---|---|---|---|---|")
         for key in [k for k in per_image if (k[0] in ("adaptive", "jump") and (k[2] in (17, 25, 33) or k[1] > 0))
-                    or k[0] == "schedule"]:
+                    or k[0] in ("schedule", "pilot")]:
             d, l2, ov, e = per_image[key]
-            ev = e["info"]["evals"].double() if e["info"] else torch.full((n_img,), e["fb"] / n_img)
+            ev = e["info"]["evals"].double() if e["info"] else torch.full((n_img,), (e["fb"] + c * e["f"]) / n_img)
             for name, mine, theirs in (("delta", d, gl[0]), ("L2", l2, gl[1])):
                 wins = int((mine < theirs).sum())
                 losses = int((mine > theirs).sum())
-                label = f"schedule n={key[1]}" if key[0] == "schedule" else f"{key[0]} tol={key[1]} max={key[2]}"
+                label = (f"schedule n={key[1]}" if key[0] == "schedule" else
+                         f"pilot P={key[1]} n={key[2]}" if key[0] == "pilot" else
+                         f"{key[0]} tol={key[1]} max={key[2]}")
                 print(f"| {label} | {ev.mean():.1f}, {ev.max():.0f} | {name} | "
                       f"{int((mine <= theirs).sum())}/{n_img} | {sign_test(wins, losses):.2g} | "
                       f"{q(mine.tolist(), .5):.3g} | {q(theirs.tolist(), .5):.3g} | {q(mine.tolist(), .9):.3g} | "
                       f"{q(theirs.tolist(), .9):.3g} |")
+        equal_accuracy(per_image, {key: label for label, key, _ in settings}, c, n_img)
     return per_image
 
 
@@ -330,14 +495,30 @@ def main():
     p.add_argument("--images", type=int, default=24)
     p.add_argument("--gnl-images", type=int, default=8)
     p.add_argument("--resnet18-images", type=int, default=0)
+    p.add_argument("--oracle-images", type=int, default=0, help="hindsight-oracle images per shapes model")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--models", default="shapes-vgg,shapes-resnet")
     p.add_argument("--no-adaptive", action="store_true", help="only the fixed rules (fills the cache)")
+    p.add_argument("--adaptive-only", action="store_true",
+                   help="only the adaptive family, no reference or tables (fills the cache; with --no-adaptive's "
+                        "run into another --cache, the two fill one model's cache in two processes: --merge)")
+    p.add_argument("--merge", default=None, metavar="DIR",
+                   help="first add the entries of DIR's cache files to --cache's (same file names)")
     p.add_argument("--cache", default="/tmp/fastattr-adaptive-ig")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.cache, exist_ok=True)
+    if args.merge:
+        wanted = [m for m in args.models.split(",") if m] + (["resnet18-random"] if args.resnet18_images else [])
+        for name in os.listdir(args.merge):
+            if name.endswith(".pt") and any(name.startswith(m + "-") for m in wanted):
+                theirs = torch.load(os.path.join(args.merge, name))
+                path = os.path.join(args.cache, name)
+                mine = torch.load(path) if os.path.exists(path) else {}
+                mine.update({k: v for k, v in theirs.items() if k not in mine})
+                torch.save(mine, path)
+                print(f"merged {len(theirs)} entries of {args.merge}/{name}")
     adaptive_ok = not args.no_adaptive
     ds = data.load("shapes", split="test")
     x = torch.stack([ds[i][0] for i in range(args.images)])
@@ -347,7 +528,9 @@ def main():
         c = measure_c(model, x, args.batch_size)
         b = Bench(name, model, x, args.cache, args.batch_size, args.gnl_images, 2048)
         x_fit = torch.stack([ds[i][0] for i in range(args.images, args.images + FIT_IMAGES)])
-        bench_model(b, c, adaptive_ok, 1024, x_fit)
+        bench_model(b, c, adaptive_ok, 1024, x_fit, adaptive_only=args.adaptive_only)
+        if args.oracle_images:
+            oracle_bound(b, args.oracle_images)
         if args.gnl_images:
             bench_gnl(b, c, adaptive_ok)
     if args.resnet18_images:
@@ -358,7 +541,7 @@ def main():
         xr = torch.nn.functional.interpolate(x[:args.resnet18_images], size=224, mode="bilinear")
         c = measure_c(model, xr, 8)
         b = Bench("resnet18-random", model, xr, args.cache, 16, 0, 1024)
-        bench_model(b, c, adaptive_ok, 512, quick=True)
+        bench_model(b, c, adaptive_ok, 512, quick=True, adaptive_only=args.adaptive_only)
 
 
 if __name__ == "__main__":
