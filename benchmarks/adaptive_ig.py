@@ -10,7 +10,8 @@ data set; target: the model's top class; baseline: zeros):
 
 - **reference**: IG with the midpoint rule at n = 2048, checked against n = 1024
   (resnet18: 1024 against 512); the check is the relative L2 distance between
-  the two, which must be at most a tenth of the errors compared;
+  the two, which must be at most a tenth of the errors compared
+  (``--check-images N``: the check on the first N images only);
 - **errors**: relative convergence delta ``|sum A - (F(x) - F(x'))| / |F(x) -
   F(x')|`` (F at x and x' from plain forward passes), relative L2 distance to
   the reference, overlap of the top 5% pixels (pixel score: |attribution summed
@@ -46,7 +47,10 @@ GNL-IG (no completeness): L2 and top-5% only, on ``--gnl-images`` images, its
 reference midpoint n = 1024 checked against n = 512.
 
 Results are cached per (model, method, setting) under ``--cache`` so a run can
-be resumed; delete the folder to recompute. Prints markdown tables.
+be resumed; delete the folder to recompute. Prints markdown tables. To use two
+cores for one model: ``--no-adaptive`` (references and fixed rules) into one
+cache and ``--adaptive-only`` into another, at the same time, then the full
+command with ``--merge OTHER`` reads both.
 """
 
 from __future__ import annotations
