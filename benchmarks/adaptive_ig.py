@@ -219,8 +219,8 @@ def adaptive(max_evals, tolerance, gnl=False, select="residual"):
 def fit_schedule(b: "Bench", x_fit, fit_evals: int = 64, bins: int = 16):
     """A per-model schedule: the density of the nodes that adaptive IG (select="jump",
     tolerance 0, ``fit_evals`` nodes) places on ``x_fit`` (images not evaluated),
-    as a histogram (+1 per bin) whose inverse CDF maps uniform cells to the model's
-    cells. Returns (quantile function, fit cost in forward+backward rows)."""
+    as a histogram of ``bins`` equal cells of [0, 1] (+1 per bin). Returns
+    (density, fit cost in forward+backward rows)."""
     if ("fit", fit_evals) not in b.cache:
         with torch.no_grad():
             t_fit = b.model.model(x_fit).argmax(1)
@@ -229,22 +229,12 @@ def fit_schedule(b: "Bench", x_fit, fit_evals: int = 64, bins: int = 16):
         b.cache[("fit", fit_evals)] = torch.cat(r.alphas).double()
         b.save()
     nodes = b.cache[("fit", fit_evals)]
-    hist = torch.histc(nodes, bins=bins, min=0, max=1) + 1
-    cdf = torch.cat([torch.zeros(1, dtype=torch.float64), (hist / hist.sum()).cumsum(0)])
-    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
-
-    def quantile(u: torch.Tensor) -> torch.Tensor:
-        i = (torch.searchsorted(cdf, u, right=True) - 1).clamp(0, bins - 1)
-        return edges[i] + (u - cdf[i]) / (cdf[i + 1] - cdf[i]) * (edges[i + 1] - edges[i])
-
-    return quantile, fit_evals * x_fit.shape[0]
+    return torch.histc(nodes, bins=bins, min=0, max=1) + 1, fit_evals * x_fit.shape[0]
 
 
-def scheduled(quantile, n):
-    """The midpoint rule on the schedule's cells: n cells of equal probability."""
-    e = quantile(torch.linspace(0, 1, n + 1, dtype=torch.float64))
-    e[0], e[-1] = 0.0, 1.0
-    alphas, weights = ((e[1:] + e[:-1]) / 2).tolist(), (e[1:] - e[:-1]).tolist()
+def scheduled(density, n):
+    """The midpoint rule on the schedule's cells: n cells of equal mass."""
+    alphas, weights = _equal_mass_cells(density, n)
 
     def fn(model, x, t, batch_size):
         return ig_module._path_integral(model, x, t, None, n, None, batch_size, False, None,
@@ -418,11 +408,11 @@ def bench_model(b: Bench, c: float, adaptive_ok: bool, ref_lo: int, x_fit=None, 
         for n in jump_budgets:
             settings.append((f"adaptive select=jump tol=0 max={n}", ("jump", 0.0, n), adaptive(n, 0.0, select="jump")))
         if x_fit is not None:
-            quantile, fit_rows = fit_schedule(b, x_fit)
+            density, fit_rows = fit_schedule(b, x_fit)
             print(f"per-model schedule fitted on {x_fit.shape[0]} other test images: {fit_rows} forward+backward "
                   f"rows, once per model", flush=True)
             for n in SCHEDULE_BUDGETS:
-                settings.append((f"per-model schedule (midpoint) n={n}", ("schedule", n), scheduled(quantile, n)))
+                settings.append((f"per-model schedule (midpoint) n={n}", ("schedule", n), scheduled(density, n)))
         if not quick:
             for n_pilot, n_nodes in PILOTS:
                 settings.append((f"forward-only pilot P={n_pilot} n={n_nodes}", ("pilot", n_pilot, n_nodes),
