@@ -70,37 +70,27 @@ class Counting(torch.nn.Module):
 class Paired(torch.nn.Module):
     """Runs, next to each of the model's passes, a bare pass of the same row count
     on the image itself (rows of one pre-made tensor), alternating which goes
-    first, and times both: the bare model's time for the same passes measured
-    under the same machine conditions, pass by pass (robust to load drifting
-    between calls)."""
+    first, each timed by its own :class:`Counting`: the bare model's time for the
+    same passes measured under the same machine conditions, pass by pass (robust
+    to load drifting between calls)."""
 
     def __init__(self, model, sync, image):
         super().__init__()
-        self.model, self.sync, self.image = model, sync, image
+        self.inside, self.bare = Counting(model, sync), Counting(model, sync)
+        self.image = image
         self.rows_of_x = image[:0]
-        self.inside = self.bare = 0.0
-        self.passes = 0
-
-    def _timed(self, x):
-        self.sync()
-        t0 = time.perf_counter()
-        out = self.model(x)
-        self.sync()
-        return out, time.perf_counter() - t0
 
     def forward(self, x):
         n = x.shape[0]
         if self.rows_of_x.shape[0] < n:
             self.rows_of_x = self.image.expand(n, *self.image.shape[1:]).contiguous()
+        bare_first = len(self.inside.passes) % 2
         with torch.no_grad():
-            if self.passes % 2:
-                _, bare = self._timed(self.rows_of_x[:n])
-            out, inside = self._timed(x)
-            if not self.passes % 2:
-                _, bare = self._timed(self.rows_of_x[:n])
-        self.passes += 1
-        self.inside += inside
-        self.bare += bare
+            if bare_first:
+                self.bare(self.rows_of_x[:n])
+            out = self.inside(x)
+            if not bare_first:
+                self.bare(self.rows_of_x[:n])
         return out
 
 
@@ -123,10 +113,11 @@ def paired(model, x, gt, box, bank, n0, n1, tau, seed, sync, rounds):
             t0 = time.perf_counter()
             maps[name] = fn(wrapper)
             sync()
-            own[name].append(time.perf_counter() - t0 - wrapper.bare)
-            ratios[name].append(own[name][-1] / wrapper.bare)
-            print(f"| {r} | {name} | {wrapper.passes} | {own[name][-1]:.2f} | {wrapper.bare:.2f} | "
-                  f"{ratios[name][-1]:.3f} | {wrapper.inside:.2f} |", flush=True)
+            bare = wrapper.bare.seconds
+            own[name].append(time.perf_counter() - t0 - bare)
+            ratios[name].append(own[name][-1] / bare)
+            print(f"| {r} | {name} | {len(wrapper.inside.passes)} | {own[name][-1]:.2f} | {bare:.2f} | "
+                  f"{ratios[name][-1]:.3f} | {wrapper.inside.seconds:.2f} |", flush=True)
     diff = float((maps["fastattr"] - maps["reference loop"]).abs().max())
     speed = [a / b for a, b in zip(own["fastattr"], own["reference loop"])]
     print(f"\nmedians over {rounds} rounds: fastattr own / bare {statistics.median(ratios['fastattr']):.3f}, "
