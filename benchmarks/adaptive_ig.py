@@ -510,6 +510,13 @@ def main():
                    help="first add the entries of DIR's cache files to --cache's (same file names)")
     p.add_argument("--cache", default="/tmp/fastattr-adaptive-ig")
     args = p.parse_args()
+    for name in ("images", "gnl_images", "resnet18_images", "oracle_images", "check_images"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name in ("images", "check_images") else 0):
+            p.error(f"--{name.replace('_', '-')} must be >= {1 if name in ('images', 'check_images') else 0}, "
+                    f"got {value}")
+    if args.oracle_images > args.images:
+        p.error(f"--oracle-images must be at most --images ({args.images}), got {args.oracle_images}")
     torch.set_num_threads(args.threads)
     os.makedirs(args.cache, exist_ok=True)
     if args.merge:
